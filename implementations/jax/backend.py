@@ -1,0 +1,128 @@
+"""The harness boundary for JAX: NumPy float32 NHWC and canonical weights in, the flax.nnx layer inside.
+
+Canonical layouts differ from flax's in two places: linear kernels are (out, in) canonically and
+(in, out) here; the lambda-convolution kernel is (k, u, r, r) canonically and HWIO (r, r, u, k) here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from implementations.jax.lambda_layer import LambdaLayer
+from lambda_bench import weights as canonical
+from lambda_bench.specs import LambdaSpec
+
+_LINEAR_KERNELS = ("to_q.weight", "to_k.weight", "to_v.weight")
+
+
+def _attribute_path(name: str) -> tuple[str, ...]:
+    """Canonical name -> attribute path in LambdaLayer ("norm_q.weight" -> ("norm_q", "weight"))."""
+    if name == "pos_conv.bias":
+        return ("pos_conv_bias",)
+    module, _, field = name.partition(".")
+    return (module, field) if module.startswith("norm_") else (module,)
+
+
+def _to_model_layout(name: str, a: np.ndarray) -> np.ndarray:
+    if name in _LINEAR_KERNELS:
+        return a.T
+    if name == "pos_conv.weight":
+        return a.transpose(2, 3, 1, 0)  # (k, u, r, r) -> (r, r, u, k)
+    return a
+
+
+def _to_canonical(name: str, a: np.ndarray) -> np.ndarray:
+    if name in _LINEAR_KERNELS:
+        return a.T
+    if name == "pos_conv.weight":
+        return a.transpose(3, 2, 0, 1)  # (r, r, u, k) -> (k, u, r, r)
+    return a
+
+
+def _variable(model: LambdaLayer, name: str) -> nnx.Variable:
+    return functools.reduce(getattr, _attribute_path(name), model)
+
+
+def _backends_initialised() -> bool:
+    from jax._src import xla_bridge  # private, but the only way to ask; XLA reads XLA_FLAGS once
+
+    return xla_bridge.backends_are_initialized()
+
+
+class FrameworkBackend:
+    name = "jax"
+
+    def __init__(self) -> None:
+        self.threads = "default (every core the process may use)"
+
+    def configure(self, threads: int | None = None) -> None:
+        jax.config.update("jax_default_matmul_precision", "highest")
+        if threads is None:
+            return
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+            raise ValueError(f"threads={threads!r}: must be a positive integer")
+        # XLA has no flag for an exact CPU thread count (intra_op_parallelism_threads is a TensorFlow
+        # option, not an XLA flag); the one real knob is single-threaded Eigen, read at backend start.
+        if _backends_initialised():
+            self.threads = f"{threads} requested, not applied: jax had already initialised its backends"
+        elif threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+            self.threads = "1 (--xla_cpu_multi_thread_eigen=false)"
+        else:
+            self.threads = f"{threads} requested, not applied: XLA has no such flag (limit cores with taskset)"
+
+    def build(self, spec: LambdaSpec, seed: int = 0) -> LambdaLayer:
+        return LambdaLayer(spec, seed)
+
+    def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
+        canonical.validate(model.spec, weights)
+        for name in canonical.lambda_shapes(model.spec):
+            a = _to_model_layout(name, np.asarray(weights[name], np.float32))
+            _variable(model, name)[...] = jnp.asarray(a)
+
+    def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
+        return {
+            name: np.ascontiguousarray(_to_canonical(name, np.asarray(_variable(model, name)[...], np.float32)))
+            for name in canonical.lambda_shapes(model.spec)
+        }
+
+    def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return np.asarray(model(jnp.asarray(x, jnp.float32), train=train))
+
+    def forward_backward(self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        cot = jnp.asarray(cotangent, jnp.float32)
+
+        def loss(model, x):
+            y = model(x, train=True)  # updates the BatchStat running statistics, nnx carries them out
+            return jnp.sum(y * cot), y
+
+        grad_fn = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)  # model: its nnx.Params
+        (_, y), (param_grads, input_grad) = grad_fn(model, jnp.asarray(x, jnp.float32))
+        flat = dict(nnx.to_flat_state(param_grads))
+        grads = {"input": np.asarray(input_grad)}
+        for name in canonical.lambda_shapes(model.spec):
+            if not canonical.is_buffer(name):
+                grads[name] = np.ascontiguousarray(_to_canonical(name, np.asarray(flat[_attribute_path(name)][...])))
+        return np.asarray(y), grads
+
+    def device_info(self) -> dict[str, Any]:
+        device = jax.devices()[0]
+        return {
+            "framework": "jax",
+            "version": jax.__version__,
+            "flax": flax.__version__,
+            "device": f"{device.platform}: {device.device_kind}",
+            "matmul_precision": jax.config.jax_default_matmul_precision,
+            "threads": self.threads,
+        }
+
+
+BACKEND = FrameworkBackend()

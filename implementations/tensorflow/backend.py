@@ -1,0 +1,105 @@
+"""The harness boundary for TensorFlow: NumPy float32 NHWC and canonical weights in and out.
+
+Canonical kernels are (out, in) and the lambda-convolution kernel (k, u, r, r); the Keras layer
+keeps Dense-style (in, out) kernels and an HWIO (r, r, u, k) conv kernel, so every crossing of the
+boundary transposes, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lambda_bench import weights as canonical
+from lambda_bench.specs import LambdaSpec
+
+from implementations.tensorflow.lambda_layer import LambdaLayer
+
+
+def _variables(model: LambdaLayer) -> dict[str, Any]:
+    """Canonical name -> the Keras variable that holds it, in the canonical order."""
+    found = {}
+    for name in canonical.lambda_shapes(model.spec):
+        prefix, _, suffix = name.partition(".")
+        if prefix in ("norm_q", "norm_v"):
+            found[name] = getattr(getattr(model, prefix), suffix)
+        elif name == "pos_conv.bias":
+            found[name] = model.pos_conv_bias
+        else:  # to_q / to_k / to_v / pos_conv .weight, rel_pos_emb
+            found[name] = getattr(model, prefix)
+    return found
+
+
+def _to_native(name: str, value: np.ndarray) -> np.ndarray:
+    if name == "pos_conv.weight":
+        return value.transpose(2, 3, 1, 0)  # (k, u, r, r) -> (r, r, u, k)
+    if name.startswith("to_"):
+        return value.T  # (out, in) -> (in, out)
+    return value
+
+
+def _to_canonical(name: str, value: np.ndarray) -> np.ndarray:
+    if name == "pos_conv.weight":
+        value = value.transpose(3, 2, 0, 1)  # (r, r, u, k) -> (k, u, r, r)
+    elif name.startswith("to_"):
+        value = value.T
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+class FrameworkBackend:
+    name = "tensorflow"
+
+    def configure(self, threads: int | None = None) -> None:
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        if threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError as exc:  # only possible before TensorFlow starts its runtime
+                warnings.warn(f"tensorflow threads={threads} not applied: {exc}", stacklevel=2)
+
+    def build(self, spec: LambdaSpec, seed: int = 0) -> LambdaLayer:
+        return LambdaLayer(spec, seed)
+
+    def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
+        canonical.validate(model.spec, weights)
+        for name, variable in _variables(model).items():
+            variable.assign(_to_native(name, np.asarray(weights[name], dtype=np.float32)))
+
+    def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
+        return {name: _to_canonical(name, variable.numpy()) for name, variable in _variables(model).items()}
+
+    def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return model(tf.convert_to_tensor(x, tf.float32), training=train).numpy()
+
+    def forward_backward(
+        self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = tf.convert_to_tensor(x, tf.float32)
+        params = {name: v for name, v in _variables(model).items() if not canonical.is_buffer(name)}
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)  # updates the running statistics
+            loss = tf.reduce_sum(y * tf.convert_to_tensor(cotangent, tf.float32))
+        d_x, *d_params = tape.gradient(loss, [x, *params.values()])
+        grads = {"input": d_x.numpy()}
+        for name, grad in zip(params, d_params):
+            grads[name] = _to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
+        return y.numpy(), grads
+
+    def device_info(self) -> dict[str, Any]:
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            device = f"GPU:0 ({details.get('device_name', 'unknown')})"
+        else:
+            device = "CPU"
+        return {"framework": self.name, "version": tf.__version__, "keras": keras.__version__,
+                "device": device}
+
+
+BACKEND = FrameworkBackend()

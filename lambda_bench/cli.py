@@ -1,0 +1,157 @@
+"""`lambda-bench`: the command line.
+
+Exit codes: 0 all good; 1 a check exceeded its tolerance; 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from . import zoo
+from .specs import LambdaSpec
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _parse_size(text: str) -> tuple[int, int] | None:
+    if text.lower() == "none":
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2:
+        raise ValueError(f"{text!r} is not HxW")
+    return int(parts[0]), int(parts[1])
+
+
+_PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "tuple[int, int] | None": _parse_size}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings -> typed spec/case overrides (types from LambdaSpec's annotations)."""
+    types = {f.name: f.type for f in dataclasses.fields(LambdaSpec)}
+    types.update({name: "int" for name in zoo.CASE_FIELDS})
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise UsageError(f"--set {pair!r}: expected key=value")
+        if key not in types:
+            raise UsageError(f"--set {key}: unknown option; options are {', '.join(sorted(types))}")
+        try:
+            out[key] = _PARSERS[types[key]](text.strip())
+        except ValueError as exc:
+            raise UsageError(f"--set {key}={text}: {exc}") from None
+    return out
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for name in zoo.names():
+        print(f"{name:12s} {zoo.get(name).describe()}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from . import equivalence
+
+    overrides = parse_overrides(args.set or [])
+    if args.size:
+        try:
+            overrides["height"], overrides["width"] = _parse_size(args.size)
+        except (TypeError, ValueError):
+            raise UsageError(f"--size {args.size!r}: expected HxW, e.g. 7x9") from None
+    if args.batch is not None:
+        overrides["batch"] = args.batch
+    cases = [zoo.get(name, **overrides) for name in (args.names or zoo.names())]
+    frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
+    rows = []
+    for case in cases:
+        rows.extend(equivalence.check_case(case, frameworks, seed=args.seed, threads=args.threads,
+                                           perturb=args.perturb))
+    ok = all(r.ok for r in rows)
+    worst: dict[str, dict] = {}
+    for r in rows:
+        if r.framework not in worst or not (r.rel_error <= worst[r.framework]["rel_error"]):
+            worst[r.framework] = {"case": r.case, "tensor": r.tensor, "rel_error": r.rel_error}
+    if args.json:
+        print(json.dumps({
+            "ok": ok,
+            "precision": "float32",
+            "tolerance": equivalence.TOLERANCES["float32"],
+            "cases": [{"name": c.name, "input_shape": list(c.input_shape), "spec": dataclasses.asdict(c.spec)} for c in cases],
+            "frameworks": frameworks,
+            "not_installed": left_out,
+            "perturbed": args.perturb,
+            "worst": worst,
+            "checks": [r.as_dict() for r in rows],
+        }, indent=2))
+    else:
+        for case in cases:
+            print(f"{case.name}: {case.describe()}")
+            for fw in frameworks:
+                mine = [r for r in rows if r.case == case.name and r.framework == fw]
+                bad = [r for r in mine if not r.ok]
+                top = max(mine, key=lambda r: r.rel_error)
+                status = "ok" if not bad else f"FAIL ({len(bad)} of {len(mine)} tensors)"
+                print(f"  {fw:10s} {status:22s} worst {top.rel_error:.2e} ({top.tensor})")
+                for r in bad:
+                    print(f"    {r.tensor:32s} {r.rel_error:.2e} > {r.tolerance:.0e}")
+        if left_out:
+            print(f"not installed, not checked: {', '.join(left_out)}")
+        print(f"{'all within' if ok else 'NOT within'} tolerance {equivalence.TOLERANCES['float32']:.0e} "
+              "(max|ours - ref| / max|ref| per tensor, float64 reference)")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lambda-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered names")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("check", help="compare the frameworks with the float64 reference")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"registered names (default: all of them): {', '.join(zoo.names())}")
+    p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: every installed one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec option (k, heads, u, r, position, content, conv_bias, stride, pool, "
+                        "d_in, d_out, bn_eps, bn_momentum) or batch/height/width; repeatable")
+    p.add_argument("--size", metavar="HxW", help="input size (for a global layer, also its table size)")
+    p.add_argument("--batch", type=int, help="batch size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads per framework")
+    p.add_argument("--perturb", metavar="WEIGHT",
+                   help="self-test: change this canonical weight in the frameworks' copy only; the check must fail")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad input, framework missing: one line, exit 2
+        print(f"lambda-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

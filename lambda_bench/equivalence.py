@@ -1,0 +1,139 @@
+"""Cross-framework equivalence: every framework against the float64 reference, tensor by tensor.
+
+For one case, each framework loads the same canonical weights and the same input and is compared with
+lambda_bench.reference on
+  - the output in eval mode (running statistics) and in train mode (batch statistics),
+  - the gradient of sum(output * cotangent) in train mode, w.r.t. the input and every parameter,
+  - the BatchNorm running statistics after that one training step.
+The error of a tensor is max|ours - ref| / max|ref| (max|ours - ref| where the reference is all zero).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import reference
+from . import weights as canonical
+from .backend import FRAMEWORKS, FrameworkUnavailable, get_backend
+from .zoo import LayerCase
+
+# Worst relative error allowed per tensor, by compute precision. Only float32 is checked today
+# (TF32 off, JAX matmul precision "highest"). The others are the bars a reduced-precision check
+# will use: a few units of the format's epsilon, amplified by the sums over positions.
+TOLERANCES = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
+
+# what a framework's import needs, checked without importing it
+_REQUIREMENTS = {"torch": ("torch",), "tensorflow": ("tensorflow",), "jax": ("jax", "flax")}
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    case: str
+    framework: str
+    tensor: str
+    rel_error: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rel_error <= self.tolerance)  # NaN fails
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def installed_frameworks() -> list[str]:
+    return [fw for fw in FRAMEWORKS if all(importlib.util.find_spec(m) for m in _REQUIREMENTS[fw])]
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if ours.shape != ref.shape:
+        raise ValueError(f"shape {ours.shape} differs from the reference's {ref.shape}")
+    diff = float(np.max(np.abs(ours - ref))) if ref.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def inputs(case: LayerCase, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32."""
+    w = canonical.randomize_state(canonical.init_lambda(case.spec, seed), seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.normal(size=case.input_shape).astype(np.float32)
+    cotangent = rng.normal(size=case.output_shape).astype(np.float32)
+    return w, x, cotangent
+
+
+def expected(case: LayerCase, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference's value of every checked tensor, keyed as the report names them."""
+    y_eval, _ = reference.forward(case.spec, w, x, train=False)
+    y_train, grads, running = reference.forward_backward(case.spec, w, x, cotangent, train=True)
+    out = {"output (eval)": y_eval, "output (train)": y_train}
+    out.update({f"grad {name}": g for name, g in grads.items()})
+    out.update({f"after step {name}": r for name, r in running.items()})
+    return out
+
+
+def observed(framework: str, case: LayerCase, w: Mapping[str, np.ndarray], x: np.ndarray,
+             cotangent: np.ndarray, *, seed: int = 0, threads: int | None = None) -> dict[str, np.ndarray]:
+    backend = get_backend(framework)
+    backend.configure(threads=threads)
+    model = backend.build(case.spec, seed)
+    backend.load_weights(model, w)
+    out = {"output (eval)": backend.forward(model, x, train=False)}
+    y_train, grads = backend.forward_backward(model, x, cotangent)
+    out["output (train)"] = y_train
+    out.update({f"grad {name}": g for name, g in grads.items()})
+    state = backend.export_weights(model)
+    out.update({f"after step {name}": state[name] for name in state if canonical.is_buffer(name)})
+    return out
+
+
+def check_case(case: LayerCase, frameworks: Iterable[str], *, seed: int = 0, threads: int | None = None,
+               precision: str = "float32", perturb: str | None = None) -> list[TensorCheck]:
+    """Compare each framework with the reference on ``case``.
+
+    ``perturb`` names a canonical weight that is changed (by 1e-3 of its scale) in the frameworks'
+    copy only: a self-test that shows the check can fail.
+    """
+    tolerance = TOLERANCES[precision]
+    w, x, cotangent = inputs(case, seed)
+    ref = expected(case, w, x, cotangent)
+    w_frameworks = dict(w)
+    if perturb is not None:
+        if perturb not in w:
+            raise ValueError(f"perturb={perturb!r}: not a weight of this layer; it has {', '.join(w)}")
+        a = w[perturb]
+        w_frameworks[perturb] = (a + 1e-3 * max(float(np.abs(a).max()), 1.0)).astype(np.float32)
+    rows = []
+    for fw in frameworks:
+        got = observed(fw, case, w_frameworks, x, cotangent, seed=seed, threads=threads)
+        missing = sorted(set(ref) - set(got))
+        extra = sorted(set(got) - set(ref))
+        if missing or extra:
+            raise RuntimeError(f"{fw}: checked tensors differ from the reference's: missing {missing}, extra {extra}")
+        rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance) for t in ref)
+    return rows
+
+
+def resolve_frameworks(requested: str | None) -> tuple[list[str], list[str]]:
+    """(frameworks to check, installed ones left out). None means every installed framework."""
+    available = installed_frameworks()
+    if requested is None:
+        if not available:
+            raise FrameworkUnavailable("no framework is installed: pip install 'lambda-bench[all]'")
+        return available, [fw for fw in FRAMEWORKS if fw not in available]
+    chosen = [fw.strip() for fw in requested.split(",") if fw.strip()]
+    if not chosen:
+        raise ValueError(f"frameworks={requested!r}: empty")
+    for fw in chosen:
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"frameworks: {fw!r} is not one of {', '.join(FRAMEWORKS)}")
+        if fw not in available:
+            raise FrameworkUnavailable(f"framework={fw!r}: not installed; pip install 'lambda-bench[{fw}]'")
+    return list(dict.fromkeys(chosen)), []

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from lambda_bench.backend import FRAMEWORKS  # noqa: E402
+from lambda_bench.equivalence import installed_frameworks  # noqa: E402
+
+# In CI's full env every framework (and the peers) must be present: a missing one fails, never skips.
+REQUIRED = {name.strip() for name in os.environ.get("LAMBDA_BENCH_REQUIRE", "").split(",") if name.strip()}
+
+
+def framework_params():
+    """One param per framework; one that is not installed is skipped with that reason, unless
+    LAMBDA_BENCH_REQUIRE names it (then the test runs and fails on the import)."""
+    have = installed_frameworks()
+    return [pytest.param(fw, marks=() if fw in have or fw in REQUIRED else pytest.mark.skip(reason=f"{fw} not installed"))
+            for fw in FRAMEWORKS]
+
+
+def require_or_skip(module: str, group: str):
+    """pytest.importorskip, except where LAMBDA_BENCH_REQUIRE names ``group``: then a plain import."""
+    if group in REQUIRED:
+        import importlib
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
