@@ -178,7 +178,7 @@ def from_lucidrains_keras(layer) -> tuple[LambdaSpec, Weights]:
     if not layer.local_contexts:
         raise ValueError("lucidrains Keras global form: its pos_emb is an absolute (n, n, k, u) table over "
                          "n = H*W positions, not relative embeddings; it has no canonical form")
-    if not layer.built or layer.to_q.kernel is None:
+    if not layer.built:
         raise ValueError("the Keras layer is not built: call it on an input once first")
     heads, u = layer.heads, layer.u
 

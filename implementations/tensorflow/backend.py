@@ -34,6 +34,12 @@ def _variables(model: LambdaLayer) -> dict[str, Any]:
     return found
 
 
+def _input(model: LambdaLayer, x: np.ndarray) -> tf.Tensor:
+    """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text."""
+    model.spec.check_input(np.shape(x), "NHWC")
+    return tf.convert_to_tensor(x, tf.float32)
+
+
 def _to_native(name: str, value: np.ndarray) -> np.ndarray:
     if name == "pos_conv.weight":
         return value.transpose(2, 3, 1, 0)  # (k, u, r, r) -> (r, r, u, k)
@@ -74,12 +80,12 @@ class FrameworkBackend:
         return {name: _to_canonical(name, variable.numpy()) for name, variable in _variables(model).items()}
 
     def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
-        return model(tf.convert_to_tensor(x, tf.float32), training=train).numpy()
+        return model(_input(model, x), training=train).numpy()
 
     def forward_backward(
         self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = _input(model, x)
         params = {name: v for name, v in _variables(model).items() if not canonical.is_buffer(name)}
         with tf.GradientTape() as tape:
             tape.watch(x)

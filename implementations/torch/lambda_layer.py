@@ -31,8 +31,14 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            self.training, self.momentum, self.eps)
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        if y.requires_grad:
+            # torch 2.14.1's CPU batch_norm backward returns wrong gradients when grad_output is
+            # channels-last with a size-1 batch's arbitrary batch stride and the input is NCHW, which
+            # is what einsum's backward hands it at batch 1; a contiguous gradient avoids that path.
+            y.register_hook(lambda grad: grad.contiguous())
+        return y
 
 
 class LambdaLayer(nn.Module):
