@@ -83,7 +83,7 @@ class LambdaSpec:
             _positive_int("size[1] (width)", size[1])
             object.__setattr__(self, "size", (int(size[0]), int(size[1])))
         if self.conv_bias and self.position != "conv":
-            raise ValueError(f"conv_bias=True: only the lambda convolution (position='conv') has a bias")
+            raise ValueError("conv_bias=True: only the lambda convolution (position='conv') has a bias")
         if self.stride not in (1, 2):
             raise ValueError(f"stride={self.stride!r}: must be 1 or 2")
         if self.pool not in POOL_KERNELS:

@@ -150,3 +150,40 @@ def load(path: str | Path) -> tuple[LambdaSpec, dict[str, np.ndarray]]:
         weights = {name: f.get_tensor(name) for name in f.keys()}
     validate(spec, weights)
     return spec, weights
+
+
+# --- the (in, out) layout of Keras and Flax -------------------------------------------------------
+# The TensorFlow and JAX layers keep Dense-style (in, out) projection kernels and an HWIO lambda-
+# convolution kernel, under attribute names without the ".weight" suffix; PyTorch keeps the canonical
+# layout (plus the 1x1 convolutions' trailing (1, 1)) under the canonical names.
+
+_PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight")
+
+
+def to_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
+    """Canonical -> Keras/Flax layout: (out, in) -> (in, out); conv (k, u, r, r) -> HWIO (r, r, u, k)."""
+    a = np.asarray(a, dtype=np.float32)
+    if name in _PROJECTIONS:
+        return np.ascontiguousarray(a.T)
+    if name == "pos_conv.weight":
+        return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
+    return a
+
+
+def from_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
+    """The inverse of to_in_out_layout."""
+    a = np.asarray(a, dtype=np.float32)
+    if name in _PROJECTIONS:
+        return np.ascontiguousarray(a.T)
+    if name == "pos_conv.weight":
+        return np.ascontiguousarray(a.transpose(3, 2, 0, 1))
+    return np.ascontiguousarray(a)
+
+
+def in_out_attribute_path(name: str) -> tuple[str, ...]:
+    """Canonical name -> attribute path in the Keras and Flax layers ("norm_q.weight" -> norm_q.weight,
+    "to_q.weight" -> to_q, "pos_conv.bias" -> pos_conv_bias)."""
+    if name == "pos_conv.bias":
+        return ("pos_conv_bias",)
+    module, _, field = name.partition(".")
+    return (module, field) if module.startswith("norm_") else (module,)

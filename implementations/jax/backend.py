@@ -1,12 +1,11 @@
 """The harness boundary for JAX: NumPy float32 NHWC and canonical weights in, the flax.nnx layer inside.
 
-Canonical layouts differ from flax's in two places: linear kernels are (out, in) canonically and
-(in, out) here; the lambda-convolution kernel is (k, u, r, r) canonically and HWIO (r, r, u, k) here.
+The layer converts its own weights to and from the canonical layout (load_canonical / export_canonical);
+gradients go through the same conversion here.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Mapping
 
@@ -19,37 +18,6 @@ from flax import nnx
 from implementations.jax.lambda_layer import LambdaLayer
 from lambda_bench import weights as canonical
 from lambda_bench.specs import LambdaSpec
-
-_LINEAR_KERNELS = ("to_q.weight", "to_k.weight", "to_v.weight")
-
-
-def _attribute_path(name: str) -> tuple[str, ...]:
-    """Canonical name -> attribute path in LambdaLayer ("norm_q.weight" -> ("norm_q", "weight"))."""
-    if name == "pos_conv.bias":
-        return ("pos_conv_bias",)
-    module, _, field = name.partition(".")
-    return (module, field) if module.startswith("norm_") else (module,)
-
-
-def _to_model_layout(name: str, a: np.ndarray) -> np.ndarray:
-    if name in _LINEAR_KERNELS:
-        return a.T
-    if name == "pos_conv.weight":
-        return a.transpose(2, 3, 1, 0)  # (k, u, r, r) -> (r, r, u, k)
-    return a
-
-
-def _to_canonical(name: str, a: np.ndarray) -> np.ndarray:
-    if name in _LINEAR_KERNELS:
-        return a.T
-    if name == "pos_conv.weight":
-        return a.transpose(3, 2, 0, 1)  # (r, r, u, k) -> (k, u, r, r)
-    return a
-
-
-def _variable(model: LambdaLayer, name: str) -> nnx.Variable:
-    return functools.reduce(getattr, _attribute_path(name), model)
-
 
 def _backends_initialised() -> bool:
     from jax._src import xla_bridge  # private, but the only way to ask; XLA reads XLA_FLAGS once
@@ -84,15 +52,10 @@ class FrameworkBackend:
 
     def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
-        for name in canonical.lambda_shapes(model.spec):
-            a = _to_model_layout(name, np.asarray(weights[name], np.float32))
-            _variable(model, name)[...] = jnp.asarray(a)
+        model.load_canonical(weights)
 
     def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
-        return {
-            name: np.ascontiguousarray(_to_canonical(name, np.asarray(_variable(model, name)[...], np.float32)))
-            for name in canonical.lambda_shapes(model.spec)
-        }
+        return model.export_canonical()
 
     def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
         return np.asarray(model(jnp.asarray(x, jnp.float32), train=train))
@@ -110,7 +73,7 @@ class FrameworkBackend:
         grads = {"input": np.asarray(input_grad)}
         for name in canonical.lambda_shapes(model.spec):
             if not canonical.is_buffer(name):
-                grads[name] = np.ascontiguousarray(_to_canonical(name, np.asarray(flat[_attribute_path(name)][...])))
+                grads[name] = canonical.from_in_out_layout(name, np.asarray(flat[canonical.in_out_attribute_path(name)][...]))
         return np.asarray(y), grads
 
     def device_info(self) -> dict[str, Any]:

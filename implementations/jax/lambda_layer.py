@@ -11,13 +11,17 @@ from the canonical layouts of lambda_bench.weights. Plain code first; speed come
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lambda_bench.layout import relative_index
 from lambda_bench.specs import LambdaSpec, pool_padding
-from lambda_bench.weights import init_lambda
+from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, init_lambda, lambda_shapes,
+                                  to_in_out_layout)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -69,21 +73,19 @@ class LambdaLayer(nnx.Module):
             if spec.conv_bias:
                 self.pos_conv_bias = nnx.Param(jnp.zeros((spec.k,)))
 
-        # Start from the canonical initialisation, so that all three frameworks hold the same numbers.
-        w = {name: jnp.asarray(a) for name, a in init_lambda(spec, seed).items()}
-        self.to_q[...] = w["to_q.weight"].T
-        if spec.content:
-            self.to_k[...] = w["to_k.weight"].T
-        self.to_v[...] = w["to_v.weight"].T
-        for prefix, norm in (("norm_q", self.norm_q), ("norm_v", self.norm_v)):
-            for field in ("weight", "bias", "running_mean", "running_var"):
-                getattr(norm, field)[...] = w[f"{prefix}.{field}"]
-        if spec.position == "global":
-            self.rel_pos_emb[...] = w["rel_pos_emb"]
-        elif spec.position == "conv":
-            self.pos_conv[...] = w["pos_conv.weight"].transpose(2, 3, 1, 0)  # (k, u, r, r) -> HWIO
-            if spec.conv_bias:
-                self.pos_conv_bias[...] = w["pos_conv.bias"]
+        self.load_canonical(init_lambda(spec, seed))  # the same starting numbers as torch and TF
+
+    def variable(self, name: str) -> nnx.Variable:
+        """The nnx variable holding canonical tensor ``name``."""
+        return functools.reduce(getattr, in_out_attribute_path(name), self)
+
+    def load_canonical(self, weights) -> None:
+        """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
+        for name in lambda_shapes(self.spec):
+            self.variable(name)[...] = jnp.asarray(to_in_out_layout(name, weights[name]))
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return {name: from_in_out_layout(name, np.asarray(self.variable(name)[...])) for name in lambda_shapes(self.spec)}
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width = self.spec.check_input(x.shape, "NHWC")

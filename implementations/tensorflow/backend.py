@@ -1,8 +1,7 @@
 """The harness boundary for TensorFlow: NumPy float32 NHWC and canonical weights in and out.
 
-Canonical kernels are (out, in) and the lambda-convolution kernel (k, u, r, r); the Keras layer
-keeps Dense-style (in, out) kernels and an HWIO (r, r, u, k) conv kernel, so every crossing of the
-boundary transposes, and nothing else does.
+The layer converts its own weights to and from the canonical layout (load_canonical / export_canonical);
+gradients go through the same conversion here.
 """
 
 from __future__ import annotations
@@ -20,40 +19,10 @@ from lambda_bench.specs import LambdaSpec
 from implementations.tensorflow.lambda_layer import LambdaLayer
 
 
-def _variables(model: LambdaLayer) -> dict[str, Any]:
-    """Canonical name -> the Keras variable that holds it, in the canonical order."""
-    found = {}
-    for name in canonical.lambda_shapes(model.spec):
-        prefix, _, suffix = name.partition(".")
-        if prefix in ("norm_q", "norm_v"):
-            found[name] = getattr(getattr(model, prefix), suffix)
-        elif name == "pos_conv.bias":
-            found[name] = model.pos_conv_bias
-        else:  # to_q / to_k / to_v / pos_conv .weight, rel_pos_emb
-            found[name] = getattr(model, prefix)
-    return found
-
-
 def _input(model: LambdaLayer, x: np.ndarray) -> tf.Tensor:
     """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text."""
     model.spec.check_input(np.shape(x), "NHWC")
     return tf.convert_to_tensor(x, tf.float32)
-
-
-def _to_native(name: str, value: np.ndarray) -> np.ndarray:
-    if name == "pos_conv.weight":
-        return value.transpose(2, 3, 1, 0)  # (k, u, r, r) -> (r, r, u, k)
-    if name.startswith("to_"):
-        return value.T  # (out, in) -> (in, out)
-    return value
-
-
-def _to_canonical(name: str, value: np.ndarray) -> np.ndarray:
-    if name == "pos_conv.weight":
-        value = value.transpose(3, 2, 0, 1)  # (r, r, u, k) -> (k, u, r, r)
-    elif name.startswith("to_"):
-        value = value.T
-    return np.ascontiguousarray(value, dtype=np.float32)
 
 
 class FrameworkBackend:
@@ -73,11 +42,10 @@ class FrameworkBackend:
 
     def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
-        for name, variable in _variables(model).items():
-            variable.assign(_to_native(name, np.asarray(weights[name], dtype=np.float32)))
+        model.load_canonical(weights)
 
     def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
-        return {name: _to_canonical(name, variable.numpy()) for name, variable in _variables(model).items()}
+        return model.export_canonical()
 
     def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
         return model(_input(model, x), training=train).numpy()
@@ -86,7 +54,8 @@ class FrameworkBackend:
         self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = _input(model, x)
-        params = {name: v for name, v in _variables(model).items() if not canonical.is_buffer(name)}
+        params = {name: model.variable(name) for name in canonical.lambda_shapes(model.spec)
+                  if not canonical.is_buffer(name)}
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = model(x, training=True)  # updates the running statistics
@@ -94,7 +63,7 @@ class FrameworkBackend:
         d_x, *d_params = tape.gradient(loss, [x, *params.values()])
         grads = {"input": d_x.numpy()}
         for name, grad in zip(params, d_params):
-            grads[name] = _to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
+            grads[name] = canonical.from_in_out_layout(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
         return y.numpy(), grads
 
     def device_info(self) -> dict[str, Any]:

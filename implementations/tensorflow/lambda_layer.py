@@ -8,12 +8,16 @@ fixes, so a small BatchNorm below follows that convention exactly.
 
 from __future__ import annotations
 
+import functools
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from lambda_bench.layout import relative_index
 from lambda_bench.specs import LambdaSpec, pool_padding
-from lambda_bench.weights import init_lambda
+from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, init_lambda, lambda_shapes,
+                                  to_in_out_layout)
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
@@ -83,22 +87,19 @@ class LambdaLayer(keras.layers.Layer):
                     name="pos_conv_bias", shape=(spec.k,), initializer="zeros")
         self.built = True
 
-        # The same starting numbers as the torch and JAX layers: canonical layout -> Keras layout.
-        init = init_lambda(spec, seed)
-        self.to_q.assign(init["to_q.weight"].T)
-        if spec.content:
-            self.to_k.assign(init["to_k.weight"].T)
-        self.to_v.assign(init["to_v.weight"].T)
-        for prefix in ("norm_q", "norm_v"):
-            norm = getattr(self, prefix)
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(norm, name).assign(init[f"{prefix}.{name}"])
-        if spec.position == "global":
-            self.rel_pos_emb.assign(init["rel_pos_emb"])
-        elif spec.position == "conv":
-            self.pos_conv.assign(init["pos_conv.weight"].transpose(2, 3, 1, 0))  # (k,u,r,r) -> HWIO
-            if spec.conv_bias:
-                self.pos_conv_bias.assign(init["pos_conv.bias"])
+        self.load_canonical(init_lambda(spec, seed))  # the same starting numbers as torch and JAX
+
+    def variable(self, name: str):
+        """The Keras variable holding canonical tensor ``name``."""
+        return functools.reduce(getattr, in_out_attribute_path(name), self)
+
+    def load_canonical(self, weights) -> None:
+        """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
+        for name in lambda_shapes(self.spec):
+            self.variable(name).assign(to_in_out_layout(name, weights[name]))
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return {name: from_in_out_layout(name, self.variable(name).numpy()) for name in lambda_shapes(self.spec)}
 
     def call(self, x, training=False):
         if x.shape.is_fully_defined():

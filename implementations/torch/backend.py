@@ -31,16 +31,10 @@ class FrameworkBackend:
 
     def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
         validate(model.spec, weights)
-        shapes = {name: t.shape for name, t in model.state_dict().items()}
-        model.load_state_dict({
-            name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(shapes[name])
-            for name, a in weights.items()
-        })
+        model.load_canonical(weights)
 
     def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
-        state = model.state_dict()
-        return {name: np.array(state[name].detach().cpu()).reshape(shape)  # np.array copies
-                for name, shape in lambda_shapes(model.spec).items()}
+        return model.export_canonical()
 
     def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
         model.spec.check_input(np.shape(x), "NHWC")  # before the permute, which assumes rank 4

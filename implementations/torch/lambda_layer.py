@@ -8,13 +8,16 @@ TensorFlow and JAX layers hold the same numbers for the same seed.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lambda_bench.layout import relative_index
 from lambda_bench.specs import LambdaSpec, pool_padding
-from lambda_bench.weights import init_lambda
+from lambda_bench.weights import init_lambda, lambda_shapes
 
 
 class BatchNorm(nn.Module):
@@ -65,10 +68,23 @@ class LambdaLayer(nn.Module):
         elif spec.position == "conv":
             self.pos_conv = nn.Conv2d(spec.u, spec.k, spec.r, padding=spec.r // 2, bias=spec.conv_bias)
 
-        # canonical layouts differ from ours only by the 1x1 conv kernels' trailing (1, 1)
-        shapes = {name: t.shape for name, t in self.state_dict().items()}
-        self.load_state_dict({name: torch.from_numpy(a).reshape(shapes[name])
-                              for name, a in init_lambda(spec, seed).items()})
+        self.load_canonical(init_lambda(spec, seed))
+
+    def variable(self, name: str) -> torch.Tensor:
+        """The parameter or buffer holding canonical tensor ``name`` (torch uses the canonical names)."""
+        return functools.reduce(getattr, name.split("."), self)
+
+    def load_canonical(self, weights) -> None:
+        """Set every tensor from canonical weights (lambda_bench.weights): the layouts differ only by
+        the 1x1 conv kernels' trailing (1, 1)."""
+        with torch.no_grad():
+            for name in lambda_shapes(self.spec):
+                target = self.variable(name)
+                target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return {name: self.variable(name).detach().cpu().numpy().reshape(shape).copy()
+                for name, shape in lambda_shapes(self.spec).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width = self.spec.check_input(x.shape, "NCHW")
