@@ -78,7 +78,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UsageError(f"--size {args.size!r}: expected HxW, e.g. 7x9") from None
     if args.batch is not None:
         overrides["batch"] = args.batch
-    cases = [zoo.get(name, **overrides) for name in (args.names or zoo.names())]
+    if args.suite:
+        if args.names or overrides:
+            raise UsageError("--suite runs the fixed CI cases: give no NAME, --set, --size or --batch with it")
+        cases = zoo.suite()
+    else:
+        cases = [zoo.get(name, **overrides) for name in (args.names or zoo.names())]
     frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
     rows = []
     for case in cases:
@@ -129,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare the frameworks with the float64 reference")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"registered names (default: all of them): {', '.join(zoo.names())}")
+    p.add_argument("--suite", action="store_true",
+                   help="instead of NAMEs, the CI cases (lambda_bench.zoo.CHECK_SUITE): every option the layer has")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: every installed one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec option (k, heads, u, r, position, content, conv_bias, stride, pool, "

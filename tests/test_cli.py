@@ -31,6 +31,7 @@ def test_importing_the_harness_imports_no_framework():
     (["check", "lambda", "--frameworks", "mxnet"], "'mxnet' is not one of"),
     (["check", "lambda", "--size", "7"], "--size '7'"),
     (["check", "lambda", "--batch", "0"], "batch=0"),
+    (["check", "lambda", "--suite"], "--suite runs the fixed CI cases"),
     (["check", "lambda_conv", "--perturb", "rel_pos_emb", "--frameworks", "torch"], "perturb='rel_pos_emb'"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys):

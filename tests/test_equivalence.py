@@ -1,6 +1,6 @@
-"""Every framework against the float64 reference on the cases CI covers (issue 2): both position forms,
-content-only and position-only, |u| in {1, 4}, |h| in {1, 4}, non-square and odd sizes, stride 2 with
-both pool choices, batch 1, d_in != d_out, the paper's r = 23."""
+"""Every framework against the float64 reference on the cases CI covers (lambda_bench.zoo.CHECK_SUITE):
+both position forms, content-only and position-only, |u| in {1, 4}, |h| in {1, 4}, non-square and odd
+sizes, stride 2 with both pool choices, batch 1, d_in != d_out, the paper's r = 23."""
 
 import pytest
 
@@ -8,23 +8,11 @@ from lambda_bench import equivalence, zoo
 
 from conftest import framework_params
 
-CASES = {
-    "global_preset": ("lambda", {}),
-    "conv_preset": ("lambda_conv", {}),
-    "global_u4_h1_din_ne_dout_b1": ("lambda", dict(u=4, heads=1, d_in=24, d_out=32, size=(7, 9), batch=1)),
-    "conv_u4_bias_stride2_pool3": ("lambda_conv", dict(u=4, conv_bias=True, stride=2, pool=3, height=9, width=7, r=5)),
-    "content_only_h1": ("lambda", dict(position="none", heads=1, d_out=16, height=5, width=6)),
-    "position_only_conv_din_ne_dout": ("lambda_conv", dict(content=False, d_in=48, d_out=32, r=3)),
-    "position_only_global_stride2": ("lambda", dict(content=False, stride=2, pool=2, size=(7, 9))),
-    "conv_r23_b1": ("lambda_conv", dict(r=23, batch=1, height=11, width=13)),
-}
 
 
 @pytest.mark.parametrize("framework", framework_params())
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_matches_reference(case_id, framework):
-    name, overrides = CASES[case_id]
-    case = zoo.get(name, **overrides)
+@pytest.mark.parametrize("case", zoo.suite(), ids=lambda c: c.name)
+def test_matches_reference(case, framework):
     rows = equivalence.check_case(case, [framework])
     tensors = {r.tensor for r in rows}
     # every output, every gradient and the running statistics were compared
