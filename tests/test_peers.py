@@ -35,15 +35,17 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-pytest.importorskip("timm")
-pytest.importorskip("lambda_networks")
+from conftest import require_or_skip  # noqa: E402
+
+require_or_skip("timm", "peers")  # skipped without the peers extra; CI's full env requires it
+require_or_skip("lambda_networks", "peers")
 
 import torch  # noqa: E402  (timm and lambda-networks both need it)
 from lambda_networks import LambdaLayer as LucidrainsLambda  # noqa: E402
 from timm.layers.lambda_layer import LambdaLayer as TimmLambda  # noqa: E402
 
 from lambda_bench import peers, reference  # noqa: E402
-from lambda_bench.backend import FrameworkUnavailable, get_backend  # noqa: E402
+from lambda_bench.backend import get_backend  # noqa: E402
 from lambda_bench.equivalence import relative_error  # noqa: E402
 from lambda_bench.layout import relative_index  # noqa: E402
 from lambda_bench.weights import validate  # noqa: E402
@@ -89,7 +91,7 @@ def lucidrains_layer(dim: int, **kwargs) -> Callable[[tuple], Any]:
 def keras_layer(dim: int, **kwargs) -> Callable[[tuple], Any]:
     def make(shape):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        tf = pytest.importorskip("tensorflow")  # not part of the peers extra
+        tf = require_or_skip("tensorflow", "tensorflow")  # not part of the peers extra
         from lambda_networks.tfkeras import LambdaLayer as KerasLambda
 
         tf.keras.utils.set_random_seed(SEED)
@@ -218,24 +220,12 @@ def test_peer_matches_reference(name, train):
             np.testing.assert_array_equal(after[key], w[key], err_msg=f"eval mode changed {key}")
 
 
-def _torch_backend():
-    """Our PyTorch implementation, or a skip while implementations.torch does not exist yet. Any other
-    import failure (a broken implementation) is an error, not a skip."""
-    try:
-        return get_backend("torch")
-    except FrameworkUnavailable as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ModuleNotFoundError) and (cause.name or "").startswith("implementations.torch"):
-            pytest.skip(f"our torch implementation is not importable yet: {cause}")
-        raise
-
-
 @TRAIN
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_backend_matches_peer(name, train):
     """Our PyTorch layer with the peer's mapped weights: the same output as the peer, and after a
     train-mode forward the running statistics of the spec's convention (the reference's)."""
-    be = _torch_backend()
+    be = get_backend("torch")
     case, peer, spec, w, x = _setup(name)
     be.configure()
     model = be.build(spec)
@@ -279,7 +269,7 @@ def test_keras_global_form_is_refused():
     """lucidrains' Keras global form learns an absolute (n, n, k, u) table over n = H*W positions (here
     16 x 16 for a 4x4 input): a free embedding per (query, context) pair, not a relative one."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf = pytest.importorskip("tensorflow")
+    tf = require_or_skip("tensorflow", "tensorflow")
     from lambda_networks.tfkeras import LambdaLayer as KerasLambda
 
     layer = KerasLambda(dim_k=4, n=16, heads=2, dim_out=8)
