@@ -124,6 +124,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_peers(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from . import peer_bench
+
+    return peer_bench.run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambda-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-test: change this canonical weight in the frameworks' copy only; the check must fail")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("peers", help="time and memory of our lambda layers against timm and lambda-networks")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_peers)
     return parser
 
 
