@@ -31,7 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .specs import LambdaSpec
+from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var")
 
@@ -85,22 +85,180 @@ def init_lambda(spec: LambdaSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def attention_shapes(spec: AttentionSpec) -> dict[str, tuple[int, ...]]:
+    """Canonical names of a self-attention layer: bias-free projections (out, in), head-major
+    (channel = head * dh + j); relative tables (2 * reach + 1, dh) indexed by offset + reach.
+    Axial attention is two such layers, "height." (rel over dy) then "width." (rel over dx)."""
+    if spec.kind == "axial":
+        (height, width), dh = spec.size, spec.dh
+        shapes: dict[str, tuple[int, ...]] = {}
+        for axis, d_in, rows in (("height", spec.d_in, 2 * height - 1), ("width", spec.d_out, 2 * width - 1)):
+            for proj in ("to_q", "to_k", "to_v"):
+                shapes[f"{axis}.{proj}.weight"] = (spec.d_out, d_in)
+            shapes[f"{axis}.rel"] = (rows, dh)
+        return shapes
+    reach_h, reach_w = spec.reach()
+    return {"to_q.weight": (spec.d_out, spec.d_in), "to_k.weight": (spec.d_out, spec.d_in),
+            "to_v.weight": (spec.d_out, spec.d_in), "rel_h": (2 * reach_h + 1, spec.dh),
+            "rel_w": (2 * reach_w + 1, spec.dh)}
+
+
+def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{s}": (channels,) for s in ("weight", "bias", "running_mean", "running_var")}
+
+
+def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """A single mixer layer's canonical shapes (lambda or attention)."""
+    return lambda_shapes(spec) if isinstance(spec, LambdaSpec) else attention_shapes(spec)
+
+
+def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
+    """torchvision's / timm's state-dict names and (out, in, kh, kw) layouts (num_batches_tracked
+    dropped); a non-conv mixer's tensors sit under "layerS.I.conv2." with their layer names;
+    SE as timm ("se.fc1", "se.fc2", with biases); ResNet-D stem and shortcuts as timm's resnet50d."""
+    w = spec.width
+    shapes: dict[str, tuple[int, ...]] = {}
+    if spec.stem == "deep":
+        shapes["conv1.0.weight"] = (w // 2, 3, 3, 3)
+        shapes.update(_bn("conv1.1", w // 2))
+        shapes["conv1.3.weight"] = (w // 2, w // 2, 3, 3)
+        shapes.update(_bn("conv1.4", w // 2))
+        shapes["conv1.6.weight"] = (w, w // 2, 3, 3)
+    else:
+        shapes["conv1.weight"] = (w, 3, 7, 7)
+    shapes.update(_bn("bn1", w))
+    for b in spec.blocks():
+        p = b.prefix
+        shapes[p + "conv1.weight"] = (b.mid, b.d_in, 1, 1)
+        shapes.update(_bn(p + "bn1", b.mid))
+        if b.mixer_spec is None:
+            shapes[p + "conv2.weight"] = (b.mid, b.mid, 3, 3)
+        else:
+            shapes.update({p + "conv2." + k: v for k, v in layer_shapes(b.mixer_spec).items()})
+        shapes.update(_bn(p + "bn2", b.mid))
+        if spec.se:
+            rd = se_channels(spec, b.mid)
+            shapes.update({p + "se.fc1.weight": (rd, b.mid, 1, 1), p + "se.fc1.bias": (rd,),
+                           p + "se.fc2.weight": (b.mid, rd, 1, 1), p + "se.fc2.bias": (b.mid,)})
+        shapes[p + "conv3.weight"] = (b.d_out, b.mid, 1, 1)
+        shapes.update(_bn(p + "bn3", b.d_out))
+        if b.downsample:
+            conv = p + ("downsample.1" if spec.stem == "deep" else "downsample.0")
+            norm = p + ("downsample.2" if spec.stem == "deep" else "downsample.1")
+            shapes[conv + ".weight"] = (b.d_out, b.d_in, 1, 1)
+            shapes.update(_bn(norm, b.d_out))
+    shapes["fc.weight"] = (spec.num_classes, spec.features)
+    shapes["fc.bias"] = (spec.num_classes,)
+    return shapes
+
+
+def se_channels(spec: ResNetSpec, mid: int) -> int:
+    return max(1, int(round(mid * spec.se_ratio)))
+
+
+def efficientnet_shapes(spec: EfficientNetSpec) -> dict[str, tuple[int, ...]]:
+    """timm's efficientnet_bN state-dict names and layouts (depthwise kernels (C, 1, k, k))."""
+    stem = spec.stem_channels
+    shapes: dict[str, tuple[int, ...]] = {"conv_stem.weight": (stem, 3, 3, 3), **_bn("bn1", stem)}
+    for b in spec.blocks():
+        p = b.prefix
+        se = {p + "se.conv_reduce.weight": (b.se_channels, b.mid, 1, 1), p + "se.conv_reduce.bias": (b.se_channels,),
+              p + "se.conv_expand.weight": (b.mid, b.se_channels, 1, 1), p + "se.conv_expand.bias": (b.mid,)}
+        if b.kind == "ds":
+            shapes[p + "conv_dw.weight"] = (b.mid, 1, b.kernel, b.kernel)
+            shapes.update(_bn(p + "bn1", b.mid))
+            shapes.update(se)
+            shapes[p + "conv_pw.weight"] = (b.d_out, b.mid, 1, 1)
+            shapes.update(_bn(p + "bn2", b.d_out))
+        else:
+            shapes[p + "conv_pw.weight"] = (b.mid, b.d_in, 1, 1)
+            shapes.update(_bn(p + "bn1", b.mid))
+            shapes[p + "conv_dw.weight"] = (b.mid, 1, b.kernel, b.kernel)
+            shapes.update(_bn(p + "bn2", b.mid))
+            shapes.update(se)
+            shapes[p + "conv_pwl.weight"] = (b.d_out, b.mid, 1, 1)
+            shapes.update(_bn(p + "bn3", b.d_out))
+    last = spec.blocks()[-1].d_out
+    shapes["conv_head.weight"] = (spec.features, last, 1, 1)
+    shapes.update(_bn("bn2", spec.features))
+    shapes["classifier.weight"] = (spec.num_classes, spec.features)
+    shapes["classifier.bias"] = (spec.num_classes,)
+    return shapes
+
+
+def shapes(spec) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape for any spec."""
+    if isinstance(spec, (LambdaSpec, AttentionSpec)):
+        return layer_shapes(spec)
+    if isinstance(spec, ResNetSpec):
+        return resnet_shapes(spec)
+    if isinstance(spec, EfficientNetSpec):
+        return efficientnet_shapes(spec)
+    raise ValueError(f"spec of type {type(spec).__name__}: no canonical weights")
+
+
+def init_attention(spec: AttentionSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Projections N(0, d_in^-1/2), relative tables N(0, dh^-1/2) (BoTNet's initialisation)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in attention_shapes(spec).items():
+        std = shape[1] ** -0.5 if name.endswith(".weight") else spec.dh ** -0.5
+        out[name] = rng.normal(0.0, std, shape).astype(np.float32)
+    return out
+
+
+def init_weights(spec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial canonical weights for any spec, drawn in NumPy (identical in every framework).
+    Layers use their papers' initialisations; in models, conv kernels are N(0, sqrt(2 / fan_out))
+    (torchvision's kaiming fan-out), linear layers U(+-1/sqrt(fan_in)), BatchNorm 1 / 0, biases 0,
+    and each mixer layer its own initialisation from a seed derived from its name."""
+    if isinstance(spec, LambdaSpec):
+        return init_lambda(spec, seed)
+    if isinstance(spec, AttentionSpec):
+        return init_attention(spec, seed)
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    mixers = {b.prefix + "conv2.": b.mixer_spec for b in getattr(spec, "blocks", lambda: [])()
+              if getattr(b, "mixer_spec", None) is not None}
+    for prefix, mixer in mixers.items():
+        sub_seed = int(rng.integers(2**31))
+        out.update({prefix + k: v for k, v in init_weights(mixer, sub_seed).items()})
+    all_shapes = shapes(spec)
+    gammas = {name[: -len("running_mean")] + "weight" for name in all_shapes if name.endswith(".running_mean")}
+    for name, shape in all_shapes.items():
+        if name in out:
+            continue
+        if name.endswith(".running_var") or name in gammas:
+            a = np.ones(shape)
+        elif len(shape) == 1:
+            a = np.zeros(shape)
+        elif len(shape) == 4:
+            fan_out = shape[0] * shape[2] * shape[3] // (shape[0] if "conv_dw" in name else 1)
+            a = rng.normal(0.0, (2.0 / fan_out) ** 0.5, shape)
+        else:
+            bound = shape[1] ** -0.5
+            a = rng.uniform(-bound, bound, shape)
+        out[name] = a.astype(np.float32)
+    return out
+
+
 def randomize_state(weights: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
-    """Replace the trivial BatchNorm values (gamma 1, beta 0, mean 0, var 1) and the zero bias by
+    """Replace the trivial BatchNorm values (gamma 1, beta 0, mean 0, var 1) and zero biases by
     random ones, so that an equivalence check exercises every tensor (eval mode included)."""
     rng = np.random.default_rng(seed + 7919)
+    gammas = {name[: -len("running_mean")] + "weight" for name in weights if name.endswith(".running_mean")}
     out = dict(weights)
     for name, a in weights.items():
-        if name.endswith(".running_var") or (name.startswith("norm_") and name.endswith(".weight")):
+        if name.endswith(".running_var") or name in gammas:
             out[name] = rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
         elif name.endswith((".running_mean", ".bias")):
             out[name] = rng.normal(0.0, 0.2, a.shape).astype(np.float32)
     return out
 
 
-def validate(spec: LambdaSpec, weights: Mapping[str, np.ndarray]) -> None:
+def validate(spec, weights: Mapping[str, np.ndarray]) -> None:
     """Raise ValueError unless ``weights`` has exactly the canonical names and shapes for ``spec``."""
-    expected = lambda_shapes(spec)
+    expected = shapes(spec)
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
@@ -111,32 +269,36 @@ def validate(spec: LambdaSpec, weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"weight {name}: shape {got}, the spec needs {shape}")
 
 
-def spec_to_json(spec: LambdaSpec) -> str:
+SPEC_TYPES = {cls.__name__: cls for cls in (LambdaSpec, AttentionSpec, ResNetSpec, EfficientNetSpec)}
+
+
+def spec_to_json(spec) -> str:
     return json.dumps({"type": type(spec).__name__, **dataclasses.asdict(spec)})
 
 
-def spec_from_json(text: str) -> LambdaSpec:
+def spec_from_json(text: str):
     data = json.loads(text)
     kind = data.pop("type", "LambdaSpec")
-    if kind != "LambdaSpec":
+    if kind not in SPEC_TYPES:
         raise ValueError(f"spec type={kind!r}: unknown")
-    if data.get("size") is not None:
-        data["size"] = tuple(data["size"])
-    return LambdaSpec(**data)
+    for key in ("size", "mixers"):
+        if data.get(key) is not None:
+            data[key] = tuple(data[key])
+    return SPEC_TYPES[kind](**data)
 
 
-def save(path: str | Path, spec: LambdaSpec, weights: Mapping[str, np.ndarray]) -> Path:
+def save(path: str | Path, spec, weights: Mapping[str, np.ndarray]) -> Path:
     from safetensors.numpy import save_file
 
     validate(spec, weights)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(weights[name], dtype=np.float32) for name in lambda_shapes(spec)}
+    tensors = {name: np.ascontiguousarray(weights[name], dtype=np.float32) for name in shapes(spec)}
     save_file(tensors, str(path), metadata={"spec": spec_to_json(spec), "format": "lambda-bench/1"})
     return path
 
 
-def load(path: str | Path) -> tuple[LambdaSpec, dict[str, np.ndarray]]:
+def load(path: str | Path) -> tuple[object, dict[str, np.ndarray]]:
     from safetensors import safe_open
 
     path = Path(path)
