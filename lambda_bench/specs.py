@@ -45,9 +45,19 @@ def _check_input(self, shape: tuple[int, ...], layout: str) -> tuple[int, int, i
             f"input size={h}x{w}: this {self.describe_kind()} layer was built for size={fixed[0]}x{fixed[1]}"
             " (its relative position tables fix the input size)"
         )
-    if self.stride == 2 and self.pool == 2 and (h < 2 or w < 2):
+    if getattr(self, "stride", 1) == 2 and self.pool == 2 and (h < 2 or w < 2):
         raise ValueError(f"input size={h}x{w}: stride 2 with a 2x2 pool needs at least 2x2")
     return b, h, w
+
+
+def _layer_output_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+    """NHWC output shape of a layer."""
+    return (batch, *self.output_size(height, width), self.d_out)
+
+
+def _model_output_shape(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+    """Logits."""
+    return (batch, self.num_classes)
 
 
 def _check_size(name: str, size: Any) -> tuple[int, int]:
@@ -145,6 +155,7 @@ class LambdaSpec:
         return f"{self.position} lambda"
 
     output_size = _output_size
+    output_shape = _layer_output_shape
     check_input = _check_input
 
     def replace(self, **changes: Any) -> "LambdaSpec":
@@ -226,6 +237,7 @@ class AttentionSpec:
         return self.size[0] - 1, self.size[1] - 1
 
     output_size = _output_size
+    output_shape = _layer_output_shape
     check_input = _check_input
 
 
@@ -307,6 +319,18 @@ class ResNetSpec:
     @property
     def features(self) -> int:
         return self.width * 32
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """Global mixers (lambda, mhsa, axial) fix the image size; others take any size."""
+        fixed = any(m in ("lambda", "mhsa", "axial") for m in self.mixers)
+        return (self.image_size, self.image_size) if fixed else None
+
+    def describe_kind(self) -> str:
+        return "ResNet with global mixers"
+
+    check_input = _check_input
+    output_shape = _model_output_shape
 
     def stage_sizes(self) -> list[tuple[int, int]]:
         """Input size of the first block of c2..c5 (stem: 7x7 conv stride 2, 3x3 max pool stride 2;
@@ -408,6 +432,13 @@ class EfficientNetSpec:
     @property
     def d_in(self) -> int:
         return 3
+
+    fixed_size = None
+    check_input = _check_input
+    output_shape = _model_output_shape
+
+    def describe_kind(self) -> str:
+        return "EfficientNet"
 
     @property
     def width_mult(self) -> float:

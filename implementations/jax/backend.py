@@ -16,8 +16,24 @@ import numpy as np
 from flax import nnx
 
 from implementations.jax.lambda_layer import LambdaLayer
+from lambda_bench import specs
 from lambda_bench import weights as canonical
-from lambda_bench.specs import LambdaSpec
+
+
+def model_class(spec: Any) -> type:
+    """The module class that builds ``spec`` (imported on demand: one file per family)."""
+    if isinstance(spec, specs.LambdaSpec):
+        return LambdaLayer
+    if isinstance(spec, specs.AttentionSpec):
+        from implementations.jax.attention import attention_class
+        return attention_class(spec)
+    if isinstance(spec, specs.ResNetSpec):
+        from implementations.jax.resnet import ResNet
+        return ResNet
+    if isinstance(spec, specs.EfficientNetSpec):
+        from implementations.jax.efficientnet import EfficientNet
+        return EfficientNet
+    raise ValueError(f"spec of type {type(spec).__name__}: jax cannot build it")
 
 def _backends_initialised() -> bool:
     from jax._src import xla_bridge  # private, but the only way to ask; XLA reads XLA_FLAGS once
@@ -47,20 +63,20 @@ class FrameworkBackend:
         else:
             self.threads = f"{threads} requested, not applied: XLA has no such flag (limit cores with taskset)"
 
-    def build(self, spec: LambdaSpec, seed: int = 0) -> LambdaLayer:
-        return LambdaLayer(spec, seed)
+    def build(self, spec: Any, seed: int = 0) -> nnx.Module:
+        return model_class(spec)(spec, seed)
 
-    def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
+    def load_weights(self, model: nnx.Module, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
         model.load_canonical(weights)
 
-    def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
+    def export_weights(self, model: nnx.Module) -> dict[str, np.ndarray]:
         return model.export_canonical()
 
-    def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def forward(self, model: nnx.Module, x: np.ndarray, train: bool = False) -> np.ndarray:
         return np.asarray(model(jnp.asarray(x, jnp.float32), train=train))
 
-    def forward_backward(self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def forward_backward(self, model: nnx.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         cot = jnp.asarray(cotangent, jnp.float32)
 
         def loss(model, x):
@@ -69,11 +85,13 @@ class FrameworkBackend:
 
         grad_fn = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)  # model: its nnx.Params
         (_, y), (param_grads, input_grad) = grad_fn(model, jnp.asarray(x, jnp.float32))
-        flat = dict(nnx.to_flat_state(param_grads))
+        # the gradients, put in a copy of the model in place of the parameters, go through the
+        # model's own conversion to the canonical layout
+        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        as_model = nnx.merge(graphdef, param_grads, rest)
         grads = {"input": np.asarray(input_grad)}
-        for name in canonical.lambda_shapes(model.spec):
-            if not canonical.is_buffer(name):
-                grads[name] = canonical.from_in_out_layout(name, np.asarray(flat[canonical.in_out_attribute_path(name)][...]))
+        grads.update({name: as_model.native_to_canonical(name, np.asarray(as_model.variable(name)[...]))
+                      for name in canonical.shapes(model.spec) if not canonical.is_buffer(name)})
         return np.asarray(y), grads
 
     def device_info(self) -> dict[str, Any]:

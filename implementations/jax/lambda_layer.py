@@ -85,7 +85,11 @@ class LambdaLayer(nnx.Module):
             self.variable(name)[...] = jnp.asarray(to_in_out_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        return {name: from_in_out_layout(name, np.asarray(self.variable(name)[...])) for name in lambda_shapes(self.spec)}
+        return {name: self.native_to_canonical(name, np.asarray(self.variable(name)[...])) for name in lambda_shapes(self.spec)}
+
+    def native_to_canonical(self, name: str, a) -> np.ndarray:
+        """A value (or gradient) of variable ``name`` in the canonical layout."""
+        return from_in_out_layout(name, a)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width = self.spec.check_input(x.shape, "NHWC")

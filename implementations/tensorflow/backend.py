@@ -13,13 +13,29 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lambda_bench import specs
 from lambda_bench import weights as canonical
-from lambda_bench.specs import LambdaSpec
 
 from implementations.tensorflow.lambda_layer import LambdaLayer
 
 
-def _input(model: LambdaLayer, x: np.ndarray) -> tf.Tensor:
+def model_class(spec: Any) -> type:
+    """The layer class that builds ``spec`` (imported on demand: one file per family)."""
+    if isinstance(spec, specs.LambdaSpec):
+        return LambdaLayer
+    if isinstance(spec, specs.AttentionSpec):
+        from implementations.tensorflow.attention import attention_class
+        return attention_class(spec)
+    if isinstance(spec, specs.ResNetSpec):
+        from implementations.tensorflow.resnet import ResNet
+        return ResNet
+    if isinstance(spec, specs.EfficientNetSpec):
+        from implementations.tensorflow.efficientnet import EfficientNet
+        return EfficientNet
+    raise ValueError(f"spec of type {type(spec).__name__}: tensorflow cannot build it")
+
+
+def _input(model: keras.layers.Layer, x: np.ndarray) -> tf.Tensor:
     """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text."""
     model.spec.check_input(np.shape(x), "NHWC")
     return tf.convert_to_tensor(x, tf.float32)
@@ -37,24 +53,24 @@ class FrameworkBackend:
             except RuntimeError as exc:  # only possible before TensorFlow starts its runtime
                 warnings.warn(f"tensorflow threads={threads} not applied: {exc}", stacklevel=2)
 
-    def build(self, spec: LambdaSpec, seed: int = 0) -> LambdaLayer:
-        return LambdaLayer(spec, seed)
+    def build(self, spec: Any, seed: int = 0) -> keras.layers.Layer:
+        return model_class(spec)(spec, seed)
 
-    def load_weights(self, model: LambdaLayer, weights: Mapping[str, np.ndarray]) -> None:
+    def load_weights(self, model: keras.layers.Layer, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
         model.load_canonical(weights)
 
-    def export_weights(self, model: LambdaLayer) -> dict[str, np.ndarray]:
+    def export_weights(self, model: keras.layers.Layer) -> dict[str, np.ndarray]:
         return model.export_canonical()
 
-    def forward(self, model: LambdaLayer, x: np.ndarray, train: bool = False) -> np.ndarray:
+    def forward(self, model: keras.layers.Layer, x: np.ndarray, train: bool = False) -> np.ndarray:
         return model(_input(model, x), training=train).numpy()
 
     def forward_backward(
-        self, model: LambdaLayer, x: np.ndarray, cotangent: np.ndarray
+        self, model: keras.layers.Layer, x: np.ndarray, cotangent: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = _input(model, x)
-        params = {name: model.variable(name) for name in canonical.lambda_shapes(model.spec)
+        params = {name: model.variable(name) for name in canonical.shapes(model.spec)
                   if not canonical.is_buffer(name)}
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -63,7 +79,7 @@ class FrameworkBackend:
         d_x, *d_params = tape.gradient(loss, [x, *params.values()])
         grads = {"input": d_x.numpy()}
         for name, grad in zip(params, d_params):
-            grads[name] = canonical.from_in_out_layout(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
+            grads[name] = model.native_to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
         return y.numpy(), grads
 
     def device_info(self) -> dict[str, Any]:

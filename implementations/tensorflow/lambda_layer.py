@@ -99,7 +99,11 @@ class LambdaLayer(keras.layers.Layer):
             self.variable(name).assign(to_in_out_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        return {name: from_in_out_layout(name, self.variable(name).numpy()) for name in lambda_shapes(self.spec)}
+        return {name: self.native_to_canonical(name, self.variable(name).numpy()) for name in lambda_shapes(self.spec)}
+
+    def native_to_canonical(self, name: str, a) -> np.ndarray:
+        """A value (or gradient) of variable ``name`` in the canonical layout."""
+        return from_in_out_layout(name, a)
 
     def call(self, x, training=False):
         if x.shape.is_fully_defined():

@@ -83,8 +83,11 @@ class LambdaLayer(nn.Module):
                 target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        return {name: self.variable(name).detach().cpu().numpy().reshape(shape).copy()
-                for name, shape in lambda_shapes(self.spec).items()}
+        return {name: self.native_to_canonical(name, self.variable(name)) for name in lambda_shapes(self.spec)}
+
+    def native_to_canonical(self, name: str, a: torch.Tensor) -> np.ndarray:
+        """A value (or gradient) of tensor ``name`` in the canonical layout."""
+        return a.detach().cpu().numpy().reshape(lambda_shapes(self.spec)[name]).copy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width = self.spec.check_input(x.shape, "NCHW")
