@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from . import zoo
-from .specs import LambdaSpec
+from .specs import AttentionSpec, LambdaSpec
 
 
 class UsageError(ValueError):
@@ -43,7 +43,7 @@ _PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "tuple[
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """`key=value` strings -> typed spec/case overrides (types from LambdaSpec's annotations)."""
-    types = {f.name: f.type for f in dataclasses.fields(LambdaSpec)}
+    types = {f.name: f.type for cls in (LambdaSpec, AttentionSpec) for f in dataclasses.fields(cls)}
     types.update({name: "int" for name in zoo.CASE_FIELDS})
     out: dict[str, Any] = {}
     for pair in pairs:

@@ -62,7 +62,7 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def inputs(case: LayerCase, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32."""
-    w = canonical.randomize_state(canonical.init_lambda(case.spec, seed), seed)
+    w = canonical.randomize_state(canonical.init_weights(case.spec, seed), seed)
     rng = np.random.default_rng(seed + 1)
     x = rng.normal(size=case.input_shape).astype(np.float32)
     cotangent = rng.normal(size=case.output_shape).astype(np.float32)

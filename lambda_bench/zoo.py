@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .specs import LambdaSpec
+from .specs import AttentionSpec, LambdaSpec
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,15 @@ class LayerCase:
 
     def describe(self) -> str:
         s = self.spec
-        pos = {"global": f"global {s.size[0]}x{s.size[1]}" if s.size else "global",
-               "conv": f"conv r={s.r}{'+bias' if s.conv_bias else ''}", "none": "no position"}[s.position]
-        parts = [f"d {s.d_in}->{s.d_out}", f"k={s.k} h={s.heads} u={s.u} v={s.v}", pos]
-        if not s.content:
-            parts.append("position only")
+        if isinstance(s, LambdaSpec):
+            pos = {"global": f"global {s.size[0]}x{s.size[1]}" if s.size else "global",
+                   "conv": f"conv r={s.r}{'+bias' if s.conv_bias else ''}", "none": "no position"}[s.position]
+            parts = [f"d {s.d_in}->{s.d_out}", f"k={s.k} h={s.heads} u={s.u} v={s.v}", pos]
+            if not s.content:
+                parts.append("position only")
+        else:
+            where = f"window {s.window}x{s.window}" if s.kind == "sasa" else f"size {s.size[0]}x{s.size[1]}"
+            parts = [f"{s.kind} d {s.d_in}->{s.d_out}", f"heads={s.heads} dh={s.dh}", where]
         if s.stride == 2:
             parts.append(f"stride 2 (pool {s.pool}x{s.pool})")
         parts.append(f"input {self.batch}x{self.height}x{self.width}")
@@ -46,6 +50,10 @@ class LayerCase:
 PRESETS: dict[str, LayerCase] = {
     "lambda": LayerCase("lambda", LambdaSpec(d_in=64, d_out=64, position="global", size=(8, 10)), 2, 8, 10),
     "lambda_conv": LayerCase("lambda_conv", LambdaSpec(d_in=64, d_out=64, position="conv", r=7), 2, 9, 11),
+    # the paper's self-attention baselines (Table 4), 4 heads of depth 16
+    "mhsa": LayerCase("mhsa", AttentionSpec(kind="mhsa", d_in=64, d_out=64, size=(8, 10)), 2, 8, 10),
+    "sasa": LayerCase("sasa", AttentionSpec(kind="sasa", d_in=64, d_out=64, window=7), 2, 9, 11),
+    "axial": LayerCase("axial", AttentionSpec(kind="axial", d_in=64, d_out=64, size=(8, 10)), 2, 8, 10),
 }
 
 CASE_FIELDS = ("batch", "height", "width")
@@ -84,10 +92,11 @@ def get(name: str, **overrides: Any) -> LayerCase:
     if name not in PRESETS:
         raise ValueError(f"name={name!r}: not registered; known names: {', '.join(PRESETS)}")
     base = PRESETS[name]
-    spec_fields = {f.name for f in dataclasses.fields(LambdaSpec)}
+    spec_fields = {f.name for f in dataclasses.fields(base.spec)}
     unknown = sorted(set(overrides) - spec_fields - set(CASE_FIELDS))
     if unknown:
-        raise ValueError(f"option {unknown[0]!r}: unknown; options are {', '.join(sorted(spec_fields | set(CASE_FIELDS)))}")
+        raise ValueError(f"option {unknown[0]!r}: unknown for {name}; options are "
+                         f"{', '.join(sorted(spec_fields | set(CASE_FIELDS)))}")
     spec_changes = {k: v for k, v in overrides.items() if k in spec_fields}
     batch = overrides.get("batch", base.batch)
     height = overrides.get("height", base.height)
@@ -95,9 +104,8 @@ def get(name: str, **overrides: Any) -> LayerCase:
     for field, value in (("batch", batch), ("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{field}={value!r}: must be a positive integer")
-    position = spec_changes.get("position", base.spec.position)
-    if position == "global":
-        if "size" in spec_changes and spec_changes["size"] is not None:
+    if _fixes_size(base.spec, spec_changes):
+        if spec_changes.get("size") is not None:
             height, width = spec_changes["size"]
         else:
             spec_changes["size"] = (height, width)
@@ -105,3 +113,10 @@ def get(name: str, **overrides: Any) -> LayerCase:
         spec_changes["size"] = None
     spec = dataclasses.replace(base.spec, **spec_changes)
     return LayerCase(name, spec, batch, height, width)
+
+
+def _fixes_size(spec: Any, changes: dict[str, Any]) -> bool:
+    """Whether the layer, with ``changes``, has relative tables that fix its input size."""
+    if isinstance(spec, LambdaSpec):
+        return changes.get("position", spec.position) == "global"
+    return changes.get("kind", spec.kind) != "sasa"
