@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from . import zoo
-from .specs import AttentionSpec, LambdaSpec
+from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 
 
 class UsageError(ValueError):
@@ -38,12 +38,22 @@ def _parse_size(text: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-_PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "tuple[int, int] | None": _parse_size}
+def _parse_mixers(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+_PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "tuple[int, int] | None": _parse_size,
+            "tuple[str, str, str, str]": _parse_mixers, "int | None": _parse_optional_int}
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """`key=value` strings -> typed spec/case overrides (types from LambdaSpec's annotations)."""
-    types = {f.name: f.type for cls in (LambdaSpec, AttentionSpec) for f in dataclasses.fields(cls)}
+    types = {f.name: f.type for cls in (LambdaSpec, AttentionSpec, ResNetSpec, EfficientNetSpec)
+             for f in dataclasses.fields(cls)}
     types.update({name: "int" for name in zoo.CASE_FIELDS})
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -63,6 +73,26 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def _cmd_list(args: argparse.Namespace) -> int:
     for name in zoo.names():
         print(f"{name:12s} {zoo.get(name).describe()}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import counting
+
+    rows = []
+    for name, spec in zoo.MODELS.items():
+        rows.append({"name": name, "family": zoo.family(spec), "description": zoo.describe_model(spec),
+                     "image_size": spec.image_size, "params": counting.params(spec),
+                     "flops": counting.flops(spec), "spec": {"type": type(spec).__name__, **dataclasses.asdict(spec)}})
+    if args.json:
+        print(json.dumps({"flops_convention": "2 per multiply-add, per image, products and convolutions only",
+                          "models": rows}, indent=2))
+        return 0
+    print(f"{'name':24s} {'family':16s} {'image':>5s} {'params':>12s} {'GFLOPs':>8s}  description")
+    for r in rows:
+        print(f"{r['name']:24s} {r['family']:16s} {r['image_size']:5d} {r['params']:12,d} "
+              f"{r['flops'] / 1e9:8.2f}  {r['description']}")
+    print("FLOPs: 2 per multiply-add, per image, at the listed image size (lambda_bench/counting.py)")
     return 0
 
 
@@ -119,8 +149,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     print(f"    {r.tensor:32s} {r.rel_error:.2e} > {r.tolerance:.0e}")
         if left_out:
             print(f"not installed, not checked: {', '.join(left_out)}")
-        print(f"{'all within' if ok else 'NOT within'} tolerance {equivalence.TOLERANCES['float32']:.0e} "
-              "(max|ours - ref| / max|ref| per tensor, float64 reference)")
+        tolerances = sorted({f"{r.tolerance:.1e}" for r in rows})
+        print(f"{'all within' if ok else 'NOT within'} tolerance ({', '.join(tolerances)}; "
+              "max|ours - ref| / max|ref| per tensor; anchor: float64 reference, or torch float64 for models)")
     return 0 if ok else 1
 
 
@@ -137,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered names")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("models", help="registered models: family, image size, parameters, analytic FLOPs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("check", help="compare the frameworks with the float64 reference")
     p.add_argument("names", nargs="*", metavar="NAME",
