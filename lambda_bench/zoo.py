@@ -132,6 +132,27 @@ def describe_model(s: Any) -> str:
     return f"ResNet-{s.depth} {mixers} [{letters}]" + "".join(f", {x}" for x in extras)
 
 
+# The equivalence cases CI covers (tests/test_equivalence.py; `lambda-bench check --suite`): both
+# position forms, content-only and position-only, |u| in {1, 4}, |h| in {1, 4}, non-square and odd
+# sizes, stride 2 with both pools, batch 1, d_in != d_out, the paper's r = 23.
+CHECK_SUITE: dict[str, tuple[str, dict[str, Any]]] = {
+    "global_preset": ("lambda", {}),
+    "conv_preset": ("lambda_conv", {}),
+    "global_u4_h1_din_ne_dout_b1": ("lambda", dict(u=4, heads=1, d_in=24, d_out=32, size=(7, 9), batch=1)),
+    "conv_u4_bias_stride2_pool3": ("lambda_conv", dict(u=4, conv_bias=True, stride=2, pool=3, height=9, width=7, r=5)),
+    "content_only_h1": ("lambda", dict(position="none", heads=1, d_out=16, height=5, width=6)),
+    "position_only_conv_din_ne_dout": ("lambda_conv", dict(content=False, d_in=48, d_out=32, r=3)),
+    "position_only_global_stride2": ("lambda", dict(content=False, stride=2, pool=2, size=(7, 9))),
+    "conv_r23_b1": ("lambda_conv", dict(r=23, batch=1, height=11, width=13)),
+}
+
+
+def suite() -> list[Case]:
+    """CHECK_SUITE as cases, each named by its suite id."""
+    return [dataclasses.replace(get(name, **overrides), name=case_id)
+            for case_id, (name, overrides) in CHECK_SUITE.items()]
+
+
 def names() -> list[str]:
     """Layer presets (what `lambda-bench check` runs by default)."""
     return list(PRESETS)
