@@ -81,10 +81,9 @@ def resnet_flops(spec: ResNetSpec, image_size: int) -> int:
             total += _conv(h_out, h_out, b.mid, b.mid, 3)
         else:
             total += layer_flops(b.mixer_spec, h_in, h_in)
-        if spec.se:
-            rd = canonical.se_channels(spec, b.mid)
-            total += 2 * 2 * b.mid * rd
         total += _conv(h_out, h_out, b.mid, b.d_out, 1)
+        if spec.se:  # on the pooled block output: two 1x1 convs
+            total += 2 * 2 * b.d_out * canonical.se_channels(spec, b.d_out)
         if b.downsample:
             total += _conv(h_out, h_out, b.d_in, b.d_out, 1)
         size = h_out
