@@ -16,3 +16,10 @@ def relative_index(height: int, width: int) -> np.ndarray:
     dy = ys[None, :] - ys[:, None] + height - 1
     dx = xs[None, :] - xs[:, None] + width - 1
     return (dy * (2 * width - 1) + dx).astype(np.int64)
+
+
+def axis_relative_index(length: int) -> np.ndarray:
+    """(L, L) int64: the row of a (2L-1)-row relative table for query i and key j along one axis,
+    offset j - i stored at row j - i + L - 1 (the self-attention layers' rel_h, rel_w, height.rel)."""
+    positions = np.arange(length)
+    return (positions[None, :] - positions[:, None] + length - 1).astype(np.int64)

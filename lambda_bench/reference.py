@@ -14,6 +14,15 @@ sharing one lambda), u intra-depth.
     position lambdas   l_p  = sum_{m,u} E[n, m] V   (+ bias)   (b, n, k, v)
     y[n, h, v] = sum_k q[n, h, k] (l_c + l_p[n])[k, v]; output channel = h * |v| + v
 then an average pool when stride = 2.
+
+The self-attention baselines (AttentionSpec) are one dense masked attention with relative logits,
+per head (dh = d_out / heads, channel = head * dh + j):
+    logit[n, m] = (q_n . k_m + q_n . rel[n, m]) / sqrt(dh),  rel[n, m] = sum of table rows at (dy, dx)
+    a[n, :] = softmax over the keys m that mask[n, m] allows;  out_n = sum_m a[n, m] v_m
+mhsa is one such attention over all positions, sasa one whose mask is the window (inside the image),
+axial two in a row: same column (rel over dy), then same row (rel over dx), each with its projections.
+
+forward / forward_backward take either spec type.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from .layout import relative_index
-from .specs import LambdaSpec, pool_padding
+from .specs import AttentionSpec, LambdaSpec, pool_padding
 
 Weights = Mapping[str, np.ndarray]
 
@@ -148,10 +157,10 @@ def _softmax_over_positions(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-# --- the layer ----------------------------------------------------------------------------------
+# --- the lambda layer -----------------------------------------------------------------------------
 
 
-def forward(spec: LambdaSpec, w: Weights, x: np.ndarray, train: bool = False, *, _cache: dict | None = None):
+def lambda_forward(spec: LambdaSpec, w: Weights, x: np.ndarray, train: bool = False, *, _cache: dict | None = None):
     """Returns (y, new_running_stats). y is NHWC float64; running stats is {} in eval mode."""
     x = _f64(x)
     b, height, width = spec.check_input(x.shape, "NHWC")
@@ -187,14 +196,14 @@ def forward(spec: LambdaSpec, w: Weights, x: np.ndarray, train: bool = False, *,
     return y, running
 
 
-def forward_backward(spec: LambdaSpec, w: Weights, x: np.ndarray, cotangent: np.ndarray, train: bool = True):
+def lambda_forward_backward(spec: LambdaSpec, w: Weights, x: np.ndarray, cotangent: np.ndarray, train: bool = True):
     """Forward and the gradient of sum(y * cotangent) with respect to the input and every weight.
 
     Returns (y, grads, new_running_stats); grads is keyed "input" and canonical weight names
     (BatchNorm running statistics are buffers and get no gradient).
     """
     cache: dict = {}
-    y, running = forward(spec, w, x, train, _cache=cache)
+    y, running = lambda_forward(spec, w, x, train, _cache=cache)
     b, height, width = cache["shape"]
     n = height * width
     h, k, u, v = spec.heads, spec.k, spec.u, spec.v
@@ -236,3 +245,117 @@ def forward_backward(spec: LambdaSpec, w: Weights, x: np.ndarray, cotangent: np.
     d_x += d_q_lin @ _f64(w["to_q.weight"]) + d_v_lin @ _f64(w["to_v.weight"])
     grads["input"] = d_x.reshape(b, height, width, spec.d_in)
     return y, grads, running
+
+
+# --- the self-attention baselines ---------------------------------------------------------------
+
+
+def relative_attention(q, k, v, rel, mask):
+    """Dense masked attention with relative logits. q (b, n, h, dh), k and v (b, m, h, dh), rel (n, m, dh)
+    the relative embedding of every (query, key) pair, mask (n, m) the keys each query may see.
+    Returns out (b, n, h, dh) and the attention weights a (b, h, n, m), zero where masked."""
+    dh = q.shape[-1]
+    logits = (np.einsum("bnhd,bmhd->bhnm", q, k) + np.einsum("bnhd,nmd->bhnm", q, rel)) / np.sqrt(dh)
+    logits = np.where(mask, logits, -np.inf)
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    a = z / z.sum(axis=-1, keepdims=True)
+    return np.einsum("bhnm,bmhd->bnhd", a, v), a
+
+
+def relative_attention_backward(d_out, q, k, v, rel, a):
+    """Gradients (d_q, d_k, d_v, d_rel) of sum(out * d_out) for relative_attention."""
+    dh = q.shape[-1]
+    d_a = np.einsum("bnhd,bmhd->bhnm", d_out, v)
+    d_v = np.einsum("bhnm,bnhd->bmhd", a, d_out)
+    d_logits = a * (d_a - (d_a * a).sum(axis=-1, keepdims=True)) / np.sqrt(dh)  # zero where masked
+    d_q = np.einsum("bhnm,bmhd->bnhd", d_logits, k) + np.einsum("bhnm,nmd->bnhd", d_logits, rel)
+    d_k = np.einsum("bhnm,bnhd->bmhd", d_logits, q)
+    d_rel = np.einsum("bhnm,bnhd->nmd", d_logits, q)
+    return d_q, d_k, d_v, d_rel
+
+
+def attention_passes(spec: AttentionSpec, height: int, width: int) -> list:
+    """The dense attentions the layer is, in order: (weight-name prefix, mask (n, m),
+    {relative table name: row of that table for every (n, m)}). Rows where the mask is False are 0."""
+    ys, xs = np.divmod(np.arange(height * width), width)
+    dy = ys[None, :] - ys[:, None]  # (n, m): pos(m) - pos(n)
+    dx = xs[None, :] - xs[:, None]
+    if spec.kind == "axial":
+        return [("height.", dx == 0, {"height.rel": np.where(dx == 0, dy + height - 1, 0)}),
+                ("width.", dy == 0, {"width.rel": np.where(dy == 0, dx + width - 1, 0)})]
+    reach_h, reach_w = spec.reach()
+    mask = (np.abs(dy) <= reach_h) & (np.abs(dx) <= reach_w)  # all True for mhsa (reach = size - 1)
+    return [("", mask, {"rel_h": np.where(mask, dy + reach_h, 0), "rel_w": np.where(mask, dx + reach_w, 0)})]
+
+
+def attention_forward(spec: AttentionSpec, w: Weights, x: np.ndarray, train: bool = False, *,
+                      _cache: list | None = None):
+    """Returns (y, {}): y NHWC float64; attention has no running statistics, ``train`` changes nothing."""
+    x = _f64(x)
+    b, height, width = spec.check_input(x.shape, "NHWC")
+    n, h, dh = height * width, spec.heads, spec.dh
+    act = x.reshape(b, n, spec.d_in)
+    for prefix, mask, rows in attention_passes(spec, height, width):
+        q, k, v = (act @ _f64(w[f"{prefix}{p}.weight"]).T for p in ("to_q", "to_k", "to_v"))
+        q, k, v = (t.reshape(b, n, h, dh) for t in (q, k, v))
+        rel = sum(_f64(w[name])[row] for name, row in rows.items())  # (n, m, dh)
+        out, a = relative_attention(q, k, v, rel, mask)
+        if _cache is not None:
+            _cache.append(dict(prefix=prefix, mask=mask, rows=rows, act=act, q=q, k=k, v=v, rel=rel, a=a))
+        act = out.reshape(b, n, spec.d_out)  # channel = head * dh + j
+    y = act.reshape(b, height, width, spec.d_out)
+    if spec.stride == 2:
+        y = avg_pool(spec, y)
+    return y, {}
+
+
+def attention_forward_backward(spec: AttentionSpec, w: Weights, x: np.ndarray, cotangent: np.ndarray,
+                               train: bool = True):
+    """Forward and the gradient of sum(y * cotangent): (y, grads keyed "input" and canonical names, {})."""
+    passes: list = []
+    y, running = attention_forward(spec, w, x, train, _cache=passes)
+    b, height, width, _ = _f64(x).shape
+    n, h, dh = height * width, spec.heads, spec.dh
+    d_act = _f64(cotangent)
+    if spec.stride == 2:
+        d_act = _avg_pool_backward(spec, d_act, height, width)
+    d_act = d_act.reshape(b, n, spec.d_out)
+
+    grads: dict[str, np.ndarray] = {}
+    for p in reversed(passes):
+        d_q, d_k, d_v, d_rel = relative_attention_backward(
+            d_act.reshape(b, n, h, dh), p["q"], p["k"], p["v"], p["rel"], p["a"])
+        for name, row in p["rows"].items():
+            grad = np.zeros_like(_f64(w[name]))
+            np.add.at(grad, row[p["mask"]], d_rel[p["mask"]])
+            grads[name] = grad
+        d_act = np.zeros_like(p["act"])
+        for proj, d_proj in (("to_q", d_q), ("to_k", d_k), ("to_v", d_v)):
+            name = f"{p['prefix']}{proj}.weight"
+            d_proj = d_proj.reshape(b, n, spec.d_out)
+            grads[name] = np.einsum("bnc,bnd->cd", d_proj, p["act"])
+            d_act += d_proj @ _f64(w[name])
+    grads["input"] = d_act.reshape(b, height, width, spec.d_in)
+    return y, grads, running
+
+
+# --- any layer ------------------------------------------------------------------------------------
+
+
+def forward(spec, w: Weights, x: np.ndarray, train: bool = False):
+    """Returns (y, new_running_stats): y NHWC float64; running stats {} in eval mode and for attention."""
+    if isinstance(spec, LambdaSpec):
+        return lambda_forward(spec, w, x, train)
+    if isinstance(spec, AttentionSpec):
+        return attention_forward(spec, w, x, train)
+    raise ValueError(f"spec of type {type(spec).__name__}: the reference covers single layers only")
+
+
+def forward_backward(spec, w: Weights, x: np.ndarray, cotangent: np.ndarray, train: bool = True):
+    """Forward and the gradient of sum(y * cotangent) with respect to the input and every weight:
+    (y, grads keyed "input" and canonical weight names, new_running_stats)."""
+    if isinstance(spec, LambdaSpec):
+        return lambda_forward_backward(spec, w, x, cotangent, train)
+    if isinstance(spec, AttentionSpec):
+        return attention_forward_backward(spec, w, x, cotangent, train)
+    raise ValueError(f"spec of type {type(spec).__name__}: the reference covers single layers only")
