@@ -6,6 +6,7 @@ gradients go through the same conversion here.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -41,6 +42,25 @@ def _backends_initialised() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+# Compiled once per model structure and input shape: op-by-op dispatch compiles every primitive on
+# its own, which costs more than the whole program on CPU. The model's BatchStat updates made inside
+# are carried out by nnx.jit.
+@functools.partial(nnx.jit, static_argnums=2)
+def _forward(model: nnx.Module, x: jax.Array, train: bool) -> jax.Array:
+    return model(x, train=train)
+
+
+@nnx.jit
+def _forward_backward(model: nnx.Module, x: jax.Array, cotangent: jax.Array):
+    def loss(model, x):
+        y = model(x, train=True)  # updates the BatchStat running statistics
+        return jnp.sum(y * cotangent), y
+
+    grad_fn = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)  # model: its nnx.Params
+    (_, y), (param_grads, input_grad) = grad_fn(model, x)
+    return y, param_grads, input_grad
+
+
 class FrameworkBackend:
     name = "jax"
 
@@ -74,17 +94,13 @@ class FrameworkBackend:
         return model.export_canonical()
 
     def forward(self, model: nnx.Module, x: np.ndarray, train: bool = False) -> np.ndarray:
-        return np.asarray(model(jnp.asarray(x, jnp.float32), train=train))
+        model.spec.check_input(np.shape(x), "NHWC")  # here too: inside jit the error would be wrapped
+        return np.asarray(_forward(model, jnp.asarray(x, jnp.float32), train))
 
     def forward_backward(self, model: nnx.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        cot = jnp.asarray(cotangent, jnp.float32)
-
-        def loss(model, x):
-            y = model(x, train=True)  # updates the BatchStat running statistics, nnx carries them out
-            return jnp.sum(y * cot), y
-
-        grad_fn = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)  # model: its nnx.Params
-        (_, y), (param_grads, input_grad) = grad_fn(model, jnp.asarray(x, jnp.float32))
+        model.spec.check_input(np.shape(x), "NHWC")
+        y, param_grads, input_grad = _forward_backward(model, jnp.asarray(x, jnp.float32),
+                                                       jnp.asarray(cotangent, jnp.float32))
         # the gradients, put in a copy of the model in place of the parameters, go through the
         # model's own conversion to the canonical layout
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
