@@ -29,8 +29,17 @@ from .zoo import Case
 # will use: a few units of the format's epsilon, amplified by the sums over positions.
 TOLERANCES = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
 
-# see tolerance_for; set from measured errors (closing note of issue 3)
-MODEL_TOLERANCE_FACTOR = 1.0
+# see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (issue 3's note):
+# EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
+# the anchor's own inputs to float32 moves its gradients by 1-5e-5. 10 * 1e-5 * sqrt(depth) is
+# 9e-4 for B0 (81 weight tensors), 1.1e-3 for B3, 7.3e-4 for ResNet-50.
+MODEL_TOLERANCE_FACTOR = 10.0
+
+# In a model, a gradient that is zero in exact arithmetic (the bias of a BatchNorm followed, through
+# a convolution, by a train-mode BatchNorm: each EfficientNet block's last one) comes out as rounding
+# noise in every framework (measured 1e-6 of the largest gradient); its error is taken on the scale
+# of the model's largest parameter gradient times this floor. Layers get no floor.
+ZERO_GRADIENT_FLOOR = 1e-2
 
 # what a framework's import needs, checked without importing it
 _REQUIREMENTS = {"torch": ("torch",), "tensorflow": ("tensorflow",), "jax": ("jax", "flax")}
@@ -67,13 +76,14 @@ def installed_frameworks() -> list[str]:
     return [fw for fw in FRAMEWORKS if all(importlib.util.find_spec(m) for m in _REQUIREMENTS[fw])]
 
 
-def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+def relative_error(ours: np.ndarray, ref: np.ndarray, floor: float = 0.0) -> float:
+    """max|ours - ref| / max(max|ref|, floor); max|ours - ref| where both are zero."""
     ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if ours.shape != ref.shape:
         raise ValueError(f"shape {ours.shape} differs from the reference's {ref.shape}")
     diff = float(np.max(np.abs(ours - ref))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, floor)
     return diff / scale if scale > 0 else diff
 
 
@@ -137,8 +147,17 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
         extra = sorted(set(got) - set(ref))
         if missing or extra:
             raise RuntimeError(f"{fw}: checked tensors differ from the reference's: missing {missing}, extra {extra}")
-        rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance) for t in ref)
+        floor = parameter_gradient_scale(ref) if case.is_model else 0.0
+        rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t], floor if t.startswith("grad ") else 0.0),
+                                tolerance) for t in ref)
     return rows
+
+
+def parameter_gradient_scale(ref: Mapping[str, np.ndarray]) -> float:
+    """ZERO_GRADIENT_FLOOR times the largest reference gradient of any parameter: the scale below
+    which a gradient tensor counts as structurally zero."""
+    grads = [float(np.max(np.abs(v))) for k, v in ref.items() if k.startswith("grad ") and k != "grad input" and v.size]
+    return ZERO_GRADIENT_FLOOR * max(grads, default=0.0)
 
 
 def resolve_frameworks(requested: str | None) -> tuple[list[str], list[str]]:
