@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("peers", help="time and memory of our lambda layers against timm and lambda-networks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--groups", help="comma-separated subset of torch,tensorflow,jax (default: all three)")
+    p.add_argument("--configs", help="comma-separated subset of conv_d64_56,conv_d128_28,conv_d256_16,"
+                                     "conv_d512_7,global_d256_16 (default: all)")
+    p.add_argument("--threads", type=int, help="CPU threads in every framework (default 2)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-measurement memory subprocesses")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also time torch.compile'd members (slow to compile on a small CPU; off by default)")
+    p.add_argument("--budget", type=float, help="seconds of timing per group after warm-up (default 8)")
     p.set_defaults(func=_cmd_peers)
     return parser
 

@@ -20,9 +20,12 @@ Memory: ``full`` keeps the intermediate (lambda_p, or P and E) for the backward 
 ``lean`` never holds more than LEAN_BYTES of it at once: the query positions are split into chunks
 (output rows for the convolution) and the backward pass recomputes each chunk. Peak memory drops
 to about one chunk's worth, for one extra forward computation of the position term.
-``auto`` goes lean only when the full intermediate is larger than LEAN_BYTES (measured in
-`lambda-bench peers`: at those sizes lean is also the faster, because the smaller chunks stay in
-cache; below it the recomputation costs more than the memory traffic it saves).
+``auto`` goes lean when the full intermediate is larger than LEAN_BYTES. Trade-off measured on the
+2-core development CPU (torch, batch 8, fwd+bwd, not interleaved): lambda convolution d 64 at 56x56,
+full 258 ms vs lean 323 ms; d 128 at 28x28, 121 vs 145 ms; reordered d 256 at 16x16, 28 vs 32 ms:
+lean costs 10-25 % time (one more convolution / product per chunk) and bounds the position
+intermediate to LEAN_BYTES (at d 64, 56x56 the full lambdas are 25.7 MB, plus as much again for their
+gradient). Below LEAN_BYTES the memory saved is small and auto keeps the faster full plan.
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ project's spec asks for PyTorch's convention and the unbiased variance. A small 
 follows the spec exactly.
 
 Kernels are stored the flax way ((in, out) matrices, HWIO conv kernel); the backend converts to and
-from the canonical layouts of lambda_bench.weights. Plain code first; speed comes later.
+from the canonical layouts of lambda_bench.weights. The position term follows the same plan as the
+torch and TF layers (lambda_bench.plans): "lambdas" (a lambda convolution without per-value weight
+copies, contracted with the queries as one batched product with the content lambda fused in) or
+"reordered" (queries with the embeddings first); lean plans are chunked and rematerialised
+(jax.checkpoint) in the backward pass.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lambda_bench.layout import relative_index
+from lambda_bench.plans import conv_table_crop, plan_position
 from lambda_bench.specs import LambdaSpec, pool_padding
 from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, init_lambda, lambda_shapes,
                                   to_in_out_layout)
@@ -55,8 +60,11 @@ class BatchNorm(nnx.Module):
 class LambdaLayer(nnx.Module):
     """One lambda layer for ``spec``; input and output NHWC."""
 
-    def __init__(self, spec: LambdaSpec, seed: int = 0):
+    def __init__(self, spec: LambdaSpec, seed: int = 0, algorithm: str = "auto", memory: str = "auto"):
         self.spec = spec
+        self.algorithm, self.memory = algorithm, memory
+        plan_position(spec.replace(position="conv") if spec.position == "none" else spec, 1, 1, 1,
+                      algorithm, memory)  # validates the two options
         hk, uk, uv = spec.heads * spec.k, spec.u * spec.k, spec.u * spec.v
         self.to_q = nnx.Param(jnp.zeros((spec.d_in, hk)))
         if spec.content:
@@ -91,6 +99,10 @@ class LambdaLayer(nnx.Module):
         """A value (or gradient) of variable ``name`` in the canonical layout."""
         return from_in_out_layout(name, a)
 
+    def plan(self, batch: int, height: int, width: int):
+        """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""
+        return plan_position(self.spec, batch, height, width, self.algorithm, self.memory)
+
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width = self.spec.check_input(x.shape, "NHWC")
         spec = self.spec
@@ -99,38 +111,80 @@ class LambdaLayer(nnx.Module):
 
         q = self.norm_q(jnp.matmul(xs, self.to_q[...], precision=HIGHEST), train).reshape(b, n, h, k)
         values = self.norm_v(jnp.matmul(xs, self.to_v[...], precision=HIGHEST), train).reshape(b, n, u, v)
-
-        lam = jnp.zeros((b, n, k, v), jnp.float32)  # one lambda per query position
+        content = None
         if spec.content:
             keys = jax.nn.softmax(jnp.matmul(xs, self.to_k[...], precision=HIGHEST).reshape(b, n, u, k), axis=1)
-            lam = lam + self._content_lambda(keys, values)[:, None]
-        if spec.position != "none":
-            lam = lam + self._position_lambdas(values, height, width)
-
-        y = jnp.einsum("bnhk,bnkv->bnhv", q, lam, precision=HIGHEST).reshape(b, height, width, h * v)
+            content = self._content_lambda(keys, values)
+        if spec.position == "none":
+            y = jnp.einsum("bnhk,bkv->bnhv", q, content, precision=HIGHEST)
+        else:
+            y = self._position_output(q, values, content, height, width)
+        y = y.reshape(b, height, width, h * v)  # channel = head * |v| + value
         return self._avg_pool(y) if spec.stride == 2 else y
 
     def _content_lambda(self, keys: jax.Array, values: jax.Array) -> jax.Array:
         """keys (b, m, u, k), values (b, m, u, v) -> (b, k, v), shared by every query position."""
         return jnp.einsum("bmuk,bmuv->bkv", keys, values, precision=HIGHEST)
 
-    def _position_lambdas(self, values: jax.Array, height: int, width: int) -> jax.Array:
-        """values (b, m, u, v) -> (b, n, k, v): one lambda per query position."""
+    def _position_output(self, q, values, content, height: int, width: int) -> jax.Array:
+        """(b, n, h, v): the position term, plus the content term where one is given (fused)."""
         spec = self.spec
-        b, n, u, v = values.shape
-        if spec.position == "global":
-            e = self.rel_pos_emb[...].reshape(-1, spec.k, u)[self.rel_index]  # (n, m, k, u)
-            return jnp.einsum("nmku,bmuv->bnkv", e, values, precision=HIGHEST)
-        # The lambda convolution: every value channel is an image of u channels, convolved to k.
-        images = values.reshape(b, height, width, u, v).transpose(0, 4, 1, 2, 3).reshape(b * v, height, width, u)
-        c = spec.r // 2
-        out = jax.lax.conv_general_dilated(
-            images, self.pos_conv[...], window_strides=(1, 1), padding=((c, c), (c, c)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST,
-        )  # (b*v, H, W, k)
-        if spec.conv_bias:
-            out = out + self.pos_conv_bias[...]
-        return out.reshape(b, v, n, spec.k).transpose(0, 2, 3, 1)
+        b, n, h, k = q.shape
+        v = values.shape[3]
+        plan = self.plan(b, height, width)
+        if plan.algorithm == "lambdas" and spec.position == "conv":
+            kernel = self.pos_conv[...]
+            bias = self.pos_conv_bias[...] if spec.conv_bias else None
+            c = spec.r // 2
+            images = values.reshape(b, height, width, spec.u, v).transpose(0, 4, 1, 2, 3)
+            images = jnp.pad(images.reshape(b * v, height, width, spec.u), ((0, 0), (c, c), (c, c), (0, 0)))
+            step = functools.partial(_conv_chunk, b=b, v=v, width=width)
+            if plan.lean:
+                step = jax.checkpoint(step, static_argnums=(4, 5))
+            parts = []
+            for top in range(0, height, plan.chunk):
+                bottom = min(height, top + plan.chunk)
+                parts.append(step(q[:, top * width:bottom * width], images, kernel, (bias, content), top, bottom))
+            return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        if spec.position == "conv" and spec.conv_bias:  # the bias is in every position lambda
+            bias = jnp.broadcast_to(self.pos_conv_bias[...][None, :, None], (b, k, v))
+            content = bias if content is None else content + bias
+        table = self._relative_table(height, width)
+        index = relative_index(height, width)
+        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
+        if plan.lean:
+            step = jax.checkpoint(step)
+        parts = [step(q[:, start:start + plan.chunk], table, jnp.asarray(index[start:start + plan.chunk]), values)
+                 for start in range(0, n, plan.chunk)]
+        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        if content is not None:
+            y = y + jnp.einsum("bnhk,bkv->bnhv", q, content, precision=HIGHEST)
+        return y
+
+    def _relative_table(self, height: int, width: int) -> jax.Array:
+        """(2H-1, 2W-1, k, u): the global embeddings, or the lambda convolution's kernel laid out
+        as the same relative table (zero outside the r x r window)."""
+        if self.spec.position == "global":
+            return self.rel_pos_emb[...]
+        r = self.spec.r
+        (pad_y, crop_y), (pad_x, crop_x) = conv_table_crop(r, height), conv_table_crop(r, width)
+        kernel = self.pos_conv[...][crop_y:r - crop_y, crop_x:r - crop_x]  # HWIO = (r, r, u, k)
+        kernel = jnp.pad(kernel, ((pad_y, pad_y), (pad_x, pad_x), (0, 0), (0, 0)))
+        return kernel.transpose(0, 1, 3, 2)
+
+    def _reordered_chunk(self, q, table, index, values) -> jax.Array:
+        """Queries with the embeddings first: P (b, c, h, u, m) = q E, then P V. q (b, c, h, k)."""
+        k, u = table.shape[2], table.shape[3]
+        emb = table.reshape(-1, k, u)[index]  # (c, m, k, u)
+        p = jnp.einsum("bnhk,nmku->bnhum", q, emb, precision=HIGHEST)
+        return jnp.einsum("bnhum,bmuv->bnhv", p, values, precision=HIGHEST)
+
+    def _lambdas_chunk(self, q, table, index, values) -> jax.Array:
+        """The position lambdas of the chunk's queries, then q^T lambda."""
+        k, u = table.shape[2], table.shape[3]
+        emb = table.reshape(-1, k, u)[index]  # (c, m, k, u)
+        lam = jnp.einsum("nmku,bmuv->bnkv", emb, values, precision=HIGHEST)
+        return jnp.einsum("bnhk,bnkv->bnhv", q, lam, precision=HIGHEST)
 
     def _avg_pool(self, y: jax.Array) -> jax.Array:
         """Stride-2 average pool (pool x pool window); padded cells are not counted in the mean."""
@@ -141,3 +195,20 @@ class LambdaLayer(nnx.Module):
         ones = jnp.ones((1, *y.shape[1:3], 1), y.dtype)
         count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
         return total / count
+
+
+def _conv_chunk(q, images, kernel, extras, top: int, bottom: int, *, b: int, v: int, width: int) -> jax.Array:
+    """Output rows [top, bottom) of the lambda convolution path: the position lambdas of those rows
+    (one convolution of every value channel, u in and k out channels) plus the content lambda,
+    contracted with the queries (b, rows*W, h, k) -> (b, rows*W, h, v)."""
+    bias, content = extras
+    c = kernel.shape[0] // 2
+    lam = jax.lax.conv_general_dilated(
+        images[:, top:bottom + 2 * c], kernel, window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)  # (b*v, rows, W, k)
+    if bias is not None:
+        lam = lam + bias
+    lam = lam.reshape(b, v, -1, kernel.shape[3]).transpose(0, 2, 3, 1)  # (b, rows*W, k, v)
+    if content is not None:
+        lam = lam + content[:, None]
+    return jnp.einsum("bnhk,bnkv->bnhv", q, lam, precision=HIGHEST)

@@ -1,7 +1,9 @@
 """The lambda layer as a Keras 3 layer that computes with TensorFlow ops, NHWC.
 
-Written to be read side by side with lambda_bench.reference, one step per equation; speed is a later
-concern. Keras' own BatchNormalization is not used: its defaults (eps 1e-3, momentum 0.99 in the
+The position term follows the same plan as the torch and JAX layers (lambda_bench.plans): "lambdas"
+(a lambda convolution without per-value weight copies, contracted with the queries as one batched
+product with the content lambda fused in) or "reordered" (queries with the embeddings first); lean
+plans are chunked and recomputed in the backward pass (tf.recompute_grad). Keras' own BatchNormalization is not used: its defaults (eps 1e-3, momentum 0.99 in the
 opposite convention) and its biased running variance differ from the PyTorch convention the spec
 fixes, so a small BatchNorm below follows that convention exactly.
 """
@@ -15,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from lambda_bench.layout import relative_index
+from lambda_bench.plans import conv_table_crop, plan_position
 from lambda_bench.specs import LambdaSpec, pool_padding
 from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, init_lambda, lambda_shapes,
                                   to_in_out_layout)
@@ -63,9 +66,12 @@ class LambdaLayer(keras.layers.Layer):
     backend converts to and from the canonical layouts.
     """
 
-    def __init__(self, spec: LambdaSpec, seed: int = 0, **kwargs):
+    def __init__(self, spec: LambdaSpec, seed: int = 0, algorithm: str = "auto", memory: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
+        self.algorithm, self.memory = algorithm, memory
+        plan_position(spec.replace(position="conv") if spec.position == "none" else spec, 1, 1, 1,
+                      algorithm, memory)  # validates the two options
         hk, uk, uv = spec.heads * spec.k, spec.u * spec.k, spec.u * spec.v
         self.to_q = self.add_weight(name="to_q", shape=(spec.d_in, hk), initializer="zeros")
         if spec.content:
@@ -78,7 +84,6 @@ class LambdaLayer(keras.layers.Layer):
             self.rel_pos_emb = self.add_weight(
                 name="rel_pos_emb", shape=(2 * height - 1, 2 * width - 1, spec.k, spec.u),
                 initializer="zeros")
-            self.relative_index = tf.constant(relative_index(height, width))  # (n, m) table rows
         elif spec.position == "conv":
             self.pos_conv = self.add_weight(
                 name="pos_conv", shape=(spec.r, spec.r, spec.u, spec.k), initializer="zeros")
@@ -105,23 +110,27 @@ class LambdaLayer(keras.layers.Layer):
         """A value (or gradient) of variable ``name`` in the canonical layout."""
         return from_in_out_layout(name, a)
 
+    def plan(self, batch: int, height: int, width: int):
+        """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""
+        return plan_position(self.spec, batch, height, width, self.algorithm, self.memory)
+
     def call(self, x, training=False):
-        if x.shape.is_fully_defined():
-            self.spec.check_input(x.shape, "NHWC")
         spec = self.spec
-        b, height, width = tf.unstack(tf.shape(x)[:3])
-        n = height * width
+        b, height, width = spec.check_input(x.shape, "NHWC")  # plans need static shapes
+        n, h, k, u, v = height * width, spec.heads, spec.k, spec.u, spec.v
         xs = tf.reshape(x, (-1, spec.d_in))  # (b*n, d_in): BatchNorm statistics run over b and n
 
-        q = tf.reshape(self.norm_q(xs @ self.to_q, training=training), (b, n, spec.heads, spec.k))
-        values = tf.reshape(self.norm_v(xs @ self.to_v, training=training), (b, n, spec.u, spec.v))
-        y = tf.zeros((b, n, spec.heads, spec.v), x.dtype)
+        q = tf.reshape(self.norm_q(xs @ self.to_q, training=training), (b, n, h, k))
+        values = tf.reshape(self.norm_v(xs @ self.to_v, training=training), (b, n, u, v))
+        content = None
         if spec.content:
-            keys = tf.nn.softmax(tf.reshape(xs @ self.to_k, (b, n, spec.u, spec.k)), axis=1)
-            y += tf.einsum("bnhk,bkv->bnhv", q, self._content_lambda(keys, values))
-        if spec.position != "none":
-            y += tf.einsum("bnhk,bnkv->bnhv", q, self._position_lambdas(values, height, width))
-        y = tf.reshape(y, (b, height, width, spec.heads * spec.v))  # channel = head * |v| + value
+            keys = tf.nn.softmax(tf.reshape(xs @ self.to_k, (b, n, u, k)), axis=1)
+            content = self._content_lambda(keys, values)
+        if spec.position == "none":
+            y = tf.einsum("bnhk,bkv->bnhv", q, content)
+        else:
+            y = self._position_output(q, values, content, height, width)
+        y = tf.reshape(y, (b, height, width, h * v))  # channel = head * |v| + value
         if spec.stride == 2:
             y = self._avg_pool(y)
         return y
@@ -130,23 +139,73 @@ class LambdaLayer(keras.layers.Layer):
         """(b, k, v): one lambda shared by every query position."""
         return tf.einsum("bmuk,bmuv->bkv", keys, values)
 
-    def _position_lambdas(self, values, height, width):
-        """(b, n, k, v): one lambda per query position."""
+    def _position_output(self, q, values, content, height, width):
+        """(b, n, h, v): the position term, plus the content term where one is given (fused)."""
         spec = self.spec
-        if spec.position == "global":
-            table = tf.reshape(self.rel_pos_emb, (-1, spec.k, spec.u))
-            embeddings = tf.gather(table, self.relative_index)  # (n, m, k, u)
-            return tf.einsum("nmku,bmuv->bnkv", embeddings, values)
-        # The lambda convolution: E[n, m] is zero outside an r x r window, so it is a convolution of
-        # the values over (H, W) with u input and k output channels, every value channel its own image.
-        b = tf.shape(values)[0]
-        images = tf.reshape(tf.transpose(values, (0, 3, 1, 2)), (b * spec.v, height, width, spec.u))
-        c = spec.r // 2
-        out = tf.nn.conv2d(images, self.pos_conv, strides=1, padding=[[0, 0], [c, c], [c, c], [0, 0]])
-        if spec.conv_bias:
-            out += self.pos_conv_bias
-        out = tf.reshape(out, (b, spec.v, height * width, spec.k))
-        return tf.transpose(out, (0, 2, 3, 1))
+        b, n, h, k = q.shape
+        v = values.shape[3]
+        plan = self.plan(b, height, width)
+        if plan.algorithm == "lambdas" and spec.position == "conv":
+            c = spec.r // 2
+            images = tf.transpose(tf.reshape(values, (b, height, width, spec.u, v)), (0, 4, 1, 2, 3))
+            images = tf.pad(tf.reshape(images, (b * v, height, width, spec.u)), [[0, 0], [c, c], [c, c], [0, 0]])
+            # tensors, not the variables: tf.recompute_grad would count a variable argument twice
+            kernel = tf.identity(self.pos_conv)
+            bias = tf.identity(self.pos_conv_bias) if spec.conv_bias else None
+            parts = []
+            for top in range(0, height, plan.chunk):
+                bottom = min(height, top + plan.chunk)
+
+                def step(q_rows, images, kernel, *extra, top=top, bottom=bottom):
+                    extra = list(extra)
+                    b_ = extra.pop(0) if bias is not None else None
+                    c_ = extra.pop(0) if content is not None else None
+                    return _conv_chunk(q_rows, images, kernel, b_, c_, top, bottom, b, v)
+
+                if plan.lean:
+                    step = tf.recompute_grad(step)
+                extra = [t for t in (bias, content) if t is not None]
+                parts.append(step(q[:, top * width:bottom * width], images, kernel, *extra))
+            return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        if spec.position == "conv" and spec.conv_bias:  # the bias is in every position lambda
+            bias = tf.broadcast_to(self.pos_conv_bias[None, :, None], (b, k, v))
+            content = bias if content is None else content + bias
+        table = self._relative_table(height, width)
+        index = relative_index(height, width)
+        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
+        if plan.lean:
+            step = tf.recompute_grad(step)
+        parts = [step(q[:, start:start + plan.chunk], table, tf.constant(index[start:start + plan.chunk]), values)
+                 for start in range(0, n, plan.chunk)]
+        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        if content is not None:
+            y += tf.einsum("bnhk,bkv->bnhv", q, content)
+        return y
+
+    def _relative_table(self, height, width):
+        """(2H-1, 2W-1, k, u): the global embeddings, or the lambda convolution's kernel laid out
+        as the same relative table (zero outside the r x r window)."""
+        if self.spec.position == "global":
+            return tf.identity(self.rel_pos_emb)  # a tensor: tf.recompute_grad counts a variable argument twice
+        r = self.spec.r
+        (pad_y, crop_y), (pad_x, crop_x) = conv_table_crop(r, height), conv_table_crop(r, width)
+        kernel = self.pos_conv[crop_y:r - crop_y, crop_x:r - crop_x]  # HWIO = (r, r, u, k)
+        kernel = tf.pad(kernel, [[pad_y, pad_y], [pad_x, pad_x], [0, 0], [0, 0]])
+        return tf.transpose(kernel, (0, 1, 3, 2))
+
+    def _reordered_chunk(self, q, table, index, values):
+        """Queries with the embeddings first: P (b, c, h, u, m) = q E, then P V. q (b, c, h, k)."""
+        k, u = table.shape[2], table.shape[3]
+        emb = tf.gather(tf.reshape(table, (-1, k, u)), index)  # (c, m, k, u)
+        p = tf.einsum("bnhk,nmku->bnhum", q, emb)
+        return tf.einsum("bnhum,bmuv->bnhv", p, values)
+
+    def _lambdas_chunk(self, q, table, index, values):
+        """The position lambdas of the chunk's queries, then q^T lambda."""
+        k, u = table.shape[2], table.shape[3]
+        emb = tf.gather(tf.reshape(table, (-1, k, u)), index)  # (c, m, k, u)
+        lam = tf.einsum("nmku,bmuv->bnkv", emb, values)
+        return tf.einsum("bnhk,bnkv->bnhv", q, lam)
 
     def _avg_pool(self, y):
         """Stride-2 average pool; padded cells are not counted in the mean."""
@@ -159,3 +218,17 @@ class LambdaLayer(keras.layers.Layer):
         sums = tf.nn.avg_pool2d(tf.pad(y, paddings), size, 2, "VALID")
         counts = tf.nn.avg_pool2d(tf.pad(tf.ones_like(y[:1, :, :, :1]), paddings), size, 2, "VALID")
         return sums / counts
+
+
+def _conv_chunk(q, images, kernel, bias, content, top: int, bottom: int, b: int, v: int):
+    """Output rows [top, bottom) of the lambda convolution path: the position lambdas of those rows
+    (one convolution of every value channel, u in and k out channels) plus the content lambda,
+    contracted with the queries (b, rows*W, h, k) -> (b, rows*W, h, v)."""
+    c = kernel.shape[0] // 2
+    lam = tf.nn.conv2d(images[:, top:bottom + 2 * c], kernel, strides=1, padding="VALID")  # (b*v, rows, W, k)
+    if bias is not None:
+        lam += bias
+    lam = tf.transpose(tf.reshape(lam, (b, v, -1, kernel.shape[3])), (0, 2, 3, 1))  # (b, rows*W, k, v)
+    if content is not None:
+        lam += content[:, None]
+    return tf.einsum("bnhk,bnkv->bnhv", q, lam)

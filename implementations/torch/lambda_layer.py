@@ -1,6 +1,9 @@
-"""The lambda layer in PyTorch, NCHW: PyTorch's native layout, so the projections are 1x1 convolutions
-and the lambda convolution is one nn.Conv2d with the value axis folded into the batch (the kernel is
-shared by every value, which is what makes it a lambda convolution rather than a plain conv).
+"""The lambda layer in PyTorch, NCHW: PyTorch's native layout, so the projections are 1x1 convolutions.
+
+How the position term is computed is chosen per shape (``algorithm``, ``memory``; see LambdaLayer),
+never changing the function: every choice matches the float64 reference within the project's
+tolerance. The three implementations (torch, TensorFlow, JAX) make the same choices with the same
+rules (plan_position, below, is shared in spirit: each file holds its own copy of the arithmetic).
 
 Weights start from lambda_bench.weights.init_lambda, not torch's initialisers, so that the PyTorch,
 TensorFlow and JAX layers hold the same numbers for the same seed.
@@ -16,8 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lambda_bench.layout import relative_index
+from lambda_bench.plans import conv_table_crop, plan_position
 from lambda_bench.specs import LambdaSpec, pool_padding
 from lambda_bench.weights import init_lambda, lambda_shapes
+
+FFT_MIN_AREA = 40 * 40  # input gradient of the lambda convolution: FFT from this band area up (measured)
 
 
 class BatchNorm(nn.Module):
@@ -38,8 +44,8 @@ class BatchNorm(nn.Module):
                          self.training, self.momentum, self.eps)
         if y.requires_grad:
             # torch 2.14.1's CPU batch_norm backward returns wrong gradients when grad_output is
-            # channels-last with a size-1 batch's arbitrary batch stride and the input is NCHW, which
-            # is what einsum's backward hands it at batch 1; a contiguous gradient avoids that path.
+            # channels-last with a size-1 batch's arbitrary batch stride and the input is NCHW; a
+            # contiguous gradient avoids that path.
             y.register_hook(lambda grad: grad.contiguous())
         return y
 
@@ -48,12 +54,18 @@ class LambdaLayer(nn.Module):
     """Bello 2021, section 3: y_n = lambda_n^T q_n with lambda_n = K^T V + E_n^T V, per head.
 
     Shapes inside forward (n = m = H*W): q (b, h, k, n), keys (b, u, k, m), values (b, u, v, m);
-    content lambda (b, k, v); position lambdas (b, k, v, n); output channel = head * |v| + value.
+    content lambda (b, k, v); output channel = head * |v| + value.
+
+    ``algorithm`` ("auto", "lambdas", "reordered") and ``memory`` ("auto", "full", "lean") choose how
+    the position term is computed (lambda_bench.plans); they never change the function.
     """
 
-    def __init__(self, spec: LambdaSpec, seed: int = 0):
+    def __init__(self, spec: LambdaSpec, seed: int = 0, algorithm: str = "auto", memory: str = "auto"):
         super().__init__()
         self.spec = spec
+        self.algorithm, self.memory = algorithm, memory
+        plan_position(spec.replace(position="conv") if spec.position == "none" else spec, 1, 1, 1,
+                      algorithm, memory)  # validates the two options
         hk, uk, uv = spec.heads * spec.k, spec.u * spec.k, spec.u * spec.v
         self.to_q = nn.Conv2d(spec.d_in, hk, 1, bias=False)
         if spec.content:
@@ -64,7 +76,6 @@ class LambdaLayer(nn.Module):
         if spec.position == "global":
             height, width = spec.size
             self.rel_pos_emb = nn.Parameter(torch.empty(2 * height - 1, 2 * width - 1, spec.k, spec.u))
-            self.register_buffer("rel_index", torch.from_numpy(relative_index(height, width)), persistent=False)
         elif spec.position == "conv":
             self.pos_conv = nn.Conv2d(spec.u, spec.k, spec.r, padding=spec.r // 2, bias=spec.conv_bias)
 
@@ -89,6 +100,10 @@ class LambdaLayer(nn.Module):
         """A value (or gradient) of tensor ``name`` in the canonical layout."""
         return a.detach().cpu().numpy().reshape(lambda_shapes(self.spec)[name]).copy()
 
+    def plan(self, batch: int, height: int, width: int):
+        """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""
+        return plan_position(self.spec, batch, height, width, self.algorithm, self.memory)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width = self.spec.check_input(x.shape, "NCHW")
         n = height * width
@@ -96,30 +111,193 @@ class LambdaLayer(nn.Module):
 
         q = self.norm_q(self.to_q(x)).reshape(b, h, k, n)
         values = self.norm_v(self.to_v(x)).reshape(b, u, v, n)
-        y = 0
+        content = None
         if self.spec.content:
             keys = self.to_k(x).reshape(b, u, k, n).softmax(dim=-1)  # over positions, per (u, k)
-            y = y + torch.einsum("bhkn,bkv->bhvn", q, self._content_lambda(keys, values))
-        if self.spec.position != "none":
-            y = y + torch.einsum("bhkn,bkvn->bhvn", q, self._position_lambdas(values, height, width))
-        y = y.reshape(b, h * v, height, width)
+            content = self._content_lambda(keys, values)
+        if self.spec.position == "none":
+            y = torch.matmul(q.transpose(2, 3), content[:, None])  # (b, h, n, v)
+        else:
+            y = self._position_output(q, values, content, height, width)
+        y = y.transpose(2, 3).reshape(b, h * v, height, width)  # (b, h, v, n): channel = head * |v| + value
         return self._avg_pool(y) if self.spec.stride == 2 else y
 
     def _content_lambda(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """(b, k, v): one lambda shared by every query position."""
         return torch.einsum("bukm,buvm->bkv", keys, values)
 
-    def _position_lambdas(self, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(b, k, v, n): one lambda per query position."""
-        b, u, v, n = values.shape
-        k = self.spec.k
+    def _position_output(self, q, values, content, height: int, width: int) -> torch.Tensor:
+        """(b, h, n, v): the position term, plus the content term where one is given (fused)."""
+        b, h, k, n = q.shape
+        plan = self.plan(b, height, width)
+        if plan.algorithm == "lambdas" and self.spec.position == "conv":
+            bias = self.pos_conv.bias if self.spec.conv_bias else None
+            y = _LambdaConvolution.apply(q, values, content, self.pos_conv.weight, bias,
+                                         height, width, plan.chunk, plan.lean)
+            return y.permute(0, 2, 1, 3)  # (b, n, h, v) -> (b, h, n, v)
+        if self.spec.position == "conv" and self.spec.conv_bias:  # the bias is in every position lambda
+            bias = self.pos_conv.bias[:, None]  # (k, 1): the same for every value channel
+            content = bias.expand(b, k, values.shape[2]) if content is None else content + bias
+        table = self._relative_table(height, width)  # (2H-1, 2W-1, k, u)
+        index = torch.from_numpy(relative_index(height, width)).to(q.device)
+        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
+        parts = []
+        for start in range(0, n, plan.chunk):
+            stop = min(n, start + plan.chunk)
+            args = (q[..., start:stop], table, index[start:stop], values)
+            if plan.lean and torch.is_grad_enabled():
+                parts.append(_Recomputed.apply(step, *args))
+            else:
+                parts.append(step(*args))
+        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        if content is not None:
+            y = y + torch.matmul(q.transpose(2, 3), content[:, None])
+        return y
+
+    def _relative_table(self, height: int, width: int) -> torch.Tensor:
+        """(2H-1, 2W-1, k, u): the global embeddings, or the lambda convolution's kernel laid out
+        as the same relative table (zero outside the r x r window)."""
         if self.spec.position == "global":
-            emb = self.rel_pos_emb.reshape(-1, k, u)[self.rel_index]  # (n, m, k, u)
-            return torch.einsum("nmku,buvm->bkvn", emb, values)
-        # the lambda convolution: every value channel is convolved alone, with the same kernel
-        images = values.reshape(b, u, v, height, width).transpose(1, 2).reshape(b * v, u, height, width)
-        return self.pos_conv(images).reshape(b, v, k, n).transpose(1, 2)
+            return self.rel_pos_emb
+        r = self.spec.r
+        (pad_y, crop_y), (pad_x, crop_x) = conv_table_crop(r, height), conv_table_crop(r, width)
+        kernel = self.pos_conv.weight[:, :, crop_y:r - crop_y, crop_x:r - crop_x]  # cross-correlation
+        return F.pad(kernel, (pad_x, pad_x, pad_y, pad_y)).permute(2, 3, 0, 1)
+
+    def _reordered_chunk(self, q, table, index, values) -> torch.Tensor:
+        """Queries with the embeddings first: P (b, h, c, u*m) = q E, then P V. q (b, h, k, c)."""
+        b, h, k, c = q.shape
+        u, v, m = values.shape[1], values.shape[2], values.shape[3]
+        emb = table.reshape(-1, k * u)[index]  # (c, m, k*u)
+        emb = emb.reshape(c, m, k, u).permute(0, 2, 3, 1).reshape(c, k, u * m)
+        p = torch.bmm(q.permute(3, 0, 1, 2).reshape(c, b * h, k), emb)  # (c, b*h, u*m)
+        p = p.reshape(c, b, h, u * m).permute(1, 2, 0, 3).reshape(b, h * c, u * m)
+        y = torch.bmm(p, values.permute(0, 1, 3, 2).reshape(b, u * m, v))  # (b, h*c, v)
+        return y.reshape(b, h, c, v)
+
+    def _lambdas_chunk(self, q, table, index, values) -> torch.Tensor:
+        """The position lambdas of the chunk's queries (c, k, v per batch), then q^T lambda."""
+        b, h, k, c = q.shape
+        u = values.shape[1]
+        emb = table.reshape(-1, k, u)[index]  # (c, m, k, u)
+        lam = torch.einsum("nmku,buvm->bnkv", emb, values)
+        return torch.matmul(q.permute(0, 3, 1, 2), lam).permute(0, 2, 1, 3)  # (b, h, c, v)
 
     def _avg_pool(self, y: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(y, self.spec.pool, stride=2, padding=pool_padding(self.spec.pool),
                             count_include_pad=False)
+
+
+class _LambdaConvolution(torch.autograd.Function):
+    """y[b, n, h, :] = q[b, h, :, n]^T (lambda_c[b] + lambda_p[b, n]) with lambda_p the lambda
+    convolution of the values: one r x r convolution per value channel (u in, k out channels), no
+    Conv3d. Computed in chunks of output rows; ``lean`` recomputes lambda_p in the backward pass
+    instead of keeping it, so at most one chunk of it exists at a time. The backward pass computes
+    the kernel gradient as a convolution of the values by the lambda gradient (batch and value axes
+    as channels: far faster than conv2d's own weight gradient for 1-to-k channels) and the values'
+    gradient by FFT on large maps (conv_transpose2d with k-to-u channels is slow there)."""
+
+    @staticmethod
+    def forward(ctx, q, values, content, kernel, bias, height, width, rows, lean):
+        b, h, k, n = q.shape
+        u, v = values.shape[1], values.shape[2]
+        c = kernel.shape[-1] // 2
+        images = F.pad(values.reshape(b, u, v, height, width).transpose(1, 2).reshape(b * v, u, height, width),
+                       (c, c, c, c))
+        qn = q.permute(0, 3, 1, 2).contiguous()  # (b, n, h, k)
+        y = q.new_empty(b, n, h, v)
+        saved = []
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            lam = _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v)  # (b, rows*W, k, v)
+            y[:, top * width:bottom * width] = torch.matmul(qn[:, top * width:bottom * width], lam)
+            if not lean:
+                saved.append(lam)
+        ctx.geometry = (height, width, rows, lean, b, v, c)
+        ctx.has_content, ctx.has_bias = content is not None, bias is not None
+        ctx.lams = saved
+        ctx.save_for_backward(qn, images, kernel, bias, content)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        height, width, rows, lean, b, v, c = ctx.geometry
+        qn, images, kernel, bias, content = ctx.saved_tensors
+        gy = gy.contiguous()
+        g_q = torch.empty_like(qn)
+        g_images = torch.zeros_like(images)
+        g_kernel = torch.zeros_like(kernel)
+        g_lam_sum = qn.new_zeros(b, kernel.shape[0], v)  # sum over positions: the content / bias gradient
+        for i, top in enumerate(range(0, height, rows)):
+            bottom = min(height, top + rows)
+            sl = slice(top * width, bottom * width)
+            lam = (_chunk_lambdas(images, kernel, bias, content, top, bottom, b, v) if lean
+                   else ctx.lams[i])
+            g_q[:, sl] = torch.matmul(gy[:, sl], lam.transpose(-1, -2))
+            del lam
+            g_lam = torch.matmul(qn[:, sl].transpose(-1, -2), gy[:, sl])  # (b, rows*W, k, v)
+            g_lam_sum += g_lam.sum(1)
+            band = bottom - top
+            g_img = g_lam.permute(0, 3, 2, 1).reshape(b * v, -1, band, width)  # (b*v, k, rows, W)
+            del g_lam
+            window = images[:, :, top:bottom + 2 * c]
+            g_kernel += F.conv2d(window.transpose(0, 1), g_img.transpose(0, 1)).transpose(0, 1)
+            g_images[:, :, top:bottom + 2 * c] += _full_convolution(g_img, kernel)
+        ctx.lams = None
+        u = images.shape[1]
+        g_values = g_images[:, :, c:c + height, c:c + width].reshape(b, v, u, height * width).transpose(1, 2)
+        g_content = g_lam_sum if ctx.has_content else None
+        g_bias = g_lam_sum.sum((0, 2)) if ctx.has_bias else None
+        return (g_q.permute(0, 2, 3, 1), g_values, g_content, g_kernel, g_bias, None, None, None, None)
+
+
+def _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v) -> torch.Tensor:
+    """lambda_p (+ lambda_c) for output rows [top, bottom): (b, rows*W, k, v)."""
+    c = kernel.shape[-1] // 2
+    lam = F.conv2d(images[:, :, top:bottom + 2 * c], kernel, bias)  # (b*v, k, rows, W)
+    lam = lam.reshape(b, v, kernel.shape[0], -1).permute(0, 3, 2, 1)
+    return lam + content[:, None] if content is not None else lam.contiguous()
+
+
+def _full_convolution(g, kernel) -> torch.Tensor:
+    """(N, k, R, W) "full" convolution with the (k, u, r, r) kernel -> (N, u, R + r - 1, W + r - 1):
+    the lambda convolution's input gradient (before cropping the padding)."""
+    r = kernel.shape[-1]
+    size = (g.shape[2] + r - 1, g.shape[3] + r - 1)
+    if g.shape[2] * g.shape[3] < FFT_MIN_AREA:
+        return F.conv_transpose2d(g, kernel)
+    spectrum = torch.fft.rfft2(g, s=size)  # (N, k, F1, F2)
+    kernel_spectrum = torch.fft.rfft2(kernel, s=size)  # (k, u, F1, F2)
+    product = torch.stack([(spectrum * kernel_spectrum[:, j]).sum(1) for j in range(kernel.shape[1])], 1)
+    return torch.fft.irfft2(product, s=size)
+
+
+class _Recomputed(torch.autograd.Function):
+    """fn(*args) keeping only its inputs: the backward pass runs fn again to differentiate it (a
+    minimal checkpoint; torch.utils.checkpoint imports torch._dynamo, whose triton import crashes in
+    a process that has also loaded TensorFlow)."""
+
+    @staticmethod
+    def forward(ctx, fn, *args):
+        ctx.fn = fn
+        ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)])
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        ctx.others = [a for a in args if not isinstance(a, torch.Tensor)]
+        with torch.no_grad():
+            return fn(*args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tensors, others = iter(ctx.saved_tensors), iter(ctx.others)
+        args = []
+        for is_t in ctx.is_tensor:
+            if is_t:
+                t = next(tensors)
+                args.append(t.detach().requires_grad_(t.is_floating_point()))
+            else:
+                args.append(next(others))
+        with torch.enable_grad():
+            out = ctx.fn(*args)
+        wanted = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, *[next(grads) if isinstance(a, torch.Tensor) and a.requires_grad else None for a in args])
