@@ -508,13 +508,16 @@ def _pin_threads(threads: int) -> str:
 
 
 def _versions() -> dict[str, str]:
+    """Installed versions, read from package metadata: importing timm after TensorFlow has loaded
+    kills the process (seen with TF 2.21 and timm 1.0.31), so nothing is imported here."""
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "machine": platform.machine()}
-    for mod in ("torch", "timm", "lambda_networks", "tensorflow", "keras", "jax", "flax", "numpy"):
+    for dist in ("torch", "timm", "lambda-networks", "tensorflow", "keras", "jax", "flax", "numpy"):
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except ImportError:
-            out[mod] = "not installed"
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
     return out
 
 

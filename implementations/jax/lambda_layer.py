@@ -10,7 +10,8 @@ from the canonical layouts of lambda_bench.weights. The position term follows th
 torch and TF layers (lambda_bench.plans): "lambdas" (a lambda convolution without per-value weight
 copies, contracted with the queries as one batched product with the content lambda fused in) or
 "reordered" (queries with the embeddings first); lean plans are chunked and rematerialised
-(jax.checkpoint) in the backward pass.
+(jax.checkpoint) in the backward pass; the lambda convolution has its own jax.custom_vjp, as torch
+has its own autograd.Function.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, ini
                                   to_in_out_layout)
 
 HIGHEST = jax.lax.Precision.HIGHEST
+FFT_MIN_AREA = 16 * 16  # lambda convolution gradients: FFT from this band area up (measured)
 
 
 class BatchNorm(nnx.Module):
@@ -133,19 +135,9 @@ class LambdaLayer(nnx.Module):
         v = values.shape[3]
         plan = self.plan(b, height, width)
         if plan.algorithm == "lambdas" and spec.position == "conv":
-            kernel = self.pos_conv[...]
             bias = self.pos_conv_bias[...] if spec.conv_bias else None
-            c = spec.r // 2
-            images = values.reshape(b, height, width, spec.u, v).transpose(0, 4, 1, 2, 3)
-            images = jnp.pad(images.reshape(b * v, height, width, spec.u), ((0, 0), (c, c), (c, c), (0, 0)))
-            step = functools.partial(_conv_chunk, b=b, v=v, width=width)
-            if plan.lean:
-                step = jax.checkpoint(step, static_argnums=(4, 5))
-            parts = []
-            for top in range(0, height, plan.chunk):
-                bottom = min(height, top + plan.chunk)
-                parts.append(step(q[:, top * width:bottom * width], images, kernel, (bias, content), top, bottom))
-            return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+            return _LambdaConvolution.apply(q, values, content, self.pos_conv[...], bias,
+                                            height, width, plan.chunk, plan.lean)
         if spec.position == "conv" and spec.conv_bias:  # the bias is in every position lambda
             bias = jnp.broadcast_to(self.pos_conv_bias[...][None, :, None], (b, k, v))
             content = bias if content is None else content + bias
@@ -197,11 +189,69 @@ class LambdaLayer(nnx.Module):
         return total / count
 
 
-def _conv_chunk(q, images, kernel, extras, top: int, bottom: int, *, b: int, v: int, width: int) -> jax.Array:
-    """Output rows [top, bottom) of the lambda convolution path: the position lambdas of those rows
-    (one convolution of every value channel, u in and k out channels) plus the content lambda,
-    contracted with the queries (b, rows*W, h, k) -> (b, rows*W, h, v)."""
-    bias, content = extras
+class _LambdaConvolution:
+    """y[b, n, h, :] = q[b, n, h, :]^T (lambda_c[b] + lambda_p[b, n]) with lambda_p the lambda
+    convolution of the values: one r x r convolution per value channel (u in, k out channels), no
+    Conv3d. Computed in chunks of output rows; ``lean`` recomputes lambda_p in the backward pass
+    instead of keeping it, so at most one chunk of it exists at a time. The backward pass (a
+    jax.custom_vjp, as torch's autograd.Function) computes the kernel gradient (_kernel_gradient)
+    and the values' gradient (_full_convolution) by FFT from FFT_MIN_AREA up: XLA's CPU
+    convolutions for these two transposed shapes (batch x value as channels; k-to-u channels) are
+    5-10x slower than the FFT on large maps."""
+
+    @staticmethod
+    def forward(q, values, content, kernel, bias, height: int, width: int, rows: int, lean: bool):
+        """q (b, n, h, k), values (b, n, u, v), content (b, k, v) or None, kernel HWIO (r, r, u, k),
+        bias (k,) or None -> (b, n, h, v), and what the backward pass keeps."""
+        b, n, h, k = q.shape
+        u, v = values.shape[2], values.shape[3]
+        c = kernel.shape[0] // 2
+        images = values.reshape(b, height, width, u, v).transpose(0, 4, 1, 2, 3)
+        images = jnp.pad(images.reshape(b * v, height, width, u), ((0, 0), (c, c), (c, c), (0, 0)))
+        parts, lams = [], []
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            lam = _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v)  # (b, rows*W, k, v)
+            parts.append(jnp.matmul(q[:, top * width:bottom * width], lam, precision=HIGHEST))
+            if not lean:
+                lams.append(lam)
+        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        return y, (q, images, kernel, bias, content, lams)
+
+    @staticmethod
+    def backward(height: int, width: int, rows: int, lean: bool, saved, gy):
+        q, images, kernel, bias, content, lams = saved
+        b, v, c = q.shape[0], images.shape[0] // q.shape[0], kernel.shape[0] // 2
+        g_q, g_kernel, g_images, g_lam_sum = [], 0.0, jnp.zeros_like(images), 0.0
+        for i, top in enumerate(range(0, height, rows)):
+            bottom = min(height, top + rows)
+            sl = slice(top * width, bottom * width)
+            lam = _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v) if lean else lams[i]
+            g_q.append(jnp.matmul(gy[:, sl], jnp.swapaxes(lam, -1, -2), precision=HIGHEST))  # (b, rows*W, h, k)
+            g_lam = jnp.matmul(jnp.swapaxes(q[:, sl], -1, -2), gy[:, sl], precision=HIGHEST)  # (b, rows*W, k, v)
+            g_lam_sum += g_lam.sum(1)
+            band = bottom - top
+            g_img = g_lam.reshape(b, band, width, -1, v).transpose(0, 4, 1, 2, 3).reshape(b * v, band, width, -1)
+            window = images[:, top:bottom + 2 * c]  # (b*v, rows + 2c, W + 2c, u)
+            g_kernel += _kernel_gradient(window, g_img)
+            g_images = g_images.at[:, top:bottom + 2 * c].add(_full_convolution(g_img, kernel))
+        u = images.shape[3]
+        g_values = g_images[:, c:c + height, c:c + width].reshape(b, v, height * width, u).transpose(0, 2, 3, 1)
+        g_content = g_lam_sum if content is not None else None
+        g_bias = g_lam_sum.sum((0, 2)) if bias is not None else None
+        return (jnp.concatenate(g_q, axis=1) if len(g_q) > 1 else g_q[0], g_values, g_content, g_kernel, g_bias)
+
+
+def _lambda_convolution(q, values, content, kernel, bias, height, width, rows, lean):
+    return _LambdaConvolution.forward(q, values, content, kernel, bias, height, width, rows, lean)[0]
+
+
+_LambdaConvolution.apply = staticmethod(jax.custom_vjp(_lambda_convolution, nondiff_argnums=(5, 6, 7, 8)))
+_LambdaConvolution.apply.defvjp(_LambdaConvolution.forward, _LambdaConvolution.backward)
+
+
+def _chunk_lambdas(images, kernel, bias, content, top: int, bottom: int, b: int, v: int) -> jax.Array:
+    """lambda_p (+ lambda_c) for output rows [top, bottom): (b, rows*W, k, v)."""
     c = kernel.shape[0] // 2
     lam = jax.lax.conv_general_dilated(
         images[:, top:bottom + 2 * c], kernel, window_strides=(1, 1), padding="VALID",
@@ -209,6 +259,35 @@ def _conv_chunk(q, images, kernel, extras, top: int, bottom: int, *, b: int, v: 
     if bias is not None:
         lam = lam + bias
     lam = lam.reshape(b, v, -1, kernel.shape[3]).transpose(0, 2, 3, 1)  # (b, rows*W, k, v)
-    if content is not None:
-        lam = lam + content[:, None]
-    return jnp.einsum("bnhk,bnkv->bnhv", q, lam, precision=HIGHEST)
+    return lam + content[:, None] if content is not None else lam
+
+
+def _full_convolution(g, kernel) -> jax.Array:
+    """(N, R, W, k) "full" convolution with the HWIO (r, r, u, k) kernel -> (N, R + r - 1, W + r - 1, u):
+    the lambda convolution's input gradient (before cropping the padding)."""
+    r = kernel.shape[0]
+    size = (g.shape[1] + r - 1, g.shape[2] + r - 1)
+    if g.shape[1] * g.shape[2] < FFT_MIN_AREA:
+        return jax.lax.conv_general_dilated(
+            g, kernel[::-1, ::-1], window_strides=(1, 1), padding=((r - 1, r - 1), (r - 1, r - 1)),
+            dimension_numbers=("NHWC", "HWOI", "NHWC"), precision=HIGHEST)
+    spectrum = jnp.fft.rfft2(g.transpose(0, 3, 1, 2), s=size)  # (N, k, F1, F2)
+    kernel_spectrum = jnp.fft.rfft2(kernel.transpose(3, 2, 0, 1), s=size)  # (k, u, F1, F2)
+    product = jnp.einsum("nkxy,kuxy->nuxy", spectrum, kernel_spectrum, precision=HIGHEST)
+    return jnp.fft.irfft2(product, s=size).transpose(0, 2, 3, 1)
+
+
+def _kernel_gradient(window, g) -> jax.Array:
+    """The lambda convolution's kernel gradient (r, r, u, k) from the padded input rows (N, R + r - 1,
+    W + r - 1, u) and the output gradient (N, R, W, k): a convolution with N (batch x value) as the
+    channels (torch: F.conv2d inline in _LambdaConvolution.backward), or by FFT on large maps."""
+    r = window.shape[1] - g.shape[1] + 1
+    if g.shape[1] * g.shape[2] < FFT_MIN_AREA:
+        return jax.lax.conv_general_dilated(
+            window, g, window_strides=(1, 1), padding="VALID",
+            dimension_numbers=("CHWN", "IHWO", "HWNC"), precision=HIGHEST)
+    size = window.shape[1:3]  # circular correlation of this size has no wrap-around in the r x r result
+    spectrum = jnp.fft.rfft2(window.transpose(0, 3, 1, 2), s=size)  # (N, u, F1, F2)
+    g_spectrum = jnp.fft.rfft2(g.transpose(0, 3, 1, 2), s=size)  # (N, k, F1, F2)
+    product = jnp.einsum("nuxy,nkxy->ukxy", spectrum, jnp.conj(g_spectrum), precision=HIGHEST)
+    return jnp.fft.irfft2(product, s=size)[:, :, :r, :r].transpose(2, 3, 0, 1)

@@ -3,7 +3,8 @@
 The position term follows the same plan as the torch and JAX layers (lambda_bench.plans): "lambdas"
 (a lambda convolution without per-value weight copies, contracted with the queries as one batched
 product with the content lambda fused in) or "reordered" (queries with the embeddings first); lean
-plans are chunked and recomputed in the backward pass (tf.recompute_grad). Keras' own BatchNormalization is not used: its defaults (eps 1e-3, momentum 0.99 in the
+plans are chunked and recomputed in the backward pass (tf.recompute_grad; the lambda convolution
+has its own tf.custom_gradient, as torch has its own autograd.Function). Keras' own BatchNormalization is not used: its defaults (eps 1e-3, momentum 0.99 in the
 opposite convention) and its biased running variance differ from the PyTorch convention the spec
 fixes, so a small BatchNorm below follows that convention exactly.
 """
@@ -21,6 +22,9 @@ from lambda_bench.plans import conv_table_crop, plan_position
 from lambda_bench.specs import LambdaSpec, pool_padding
 from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, init_lambda, lambda_shapes,
                                   to_in_out_layout)
+
+FFT_MIN_AREA = 0  # input gradient of the lambda convolution: FFT from this band area up (measured:
+# Conv2DBackpropInput with k in and u out channels is 2-15x slower than the FFT at every map size here)
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
@@ -146,27 +150,10 @@ class LambdaLayer(keras.layers.Layer):
         v = values.shape[3]
         plan = self.plan(b, height, width)
         if plan.algorithm == "lambdas" and spec.position == "conv":
-            c = spec.r // 2
-            images = tf.transpose(tf.reshape(values, (b, height, width, spec.u, v)), (0, 4, 1, 2, 3))
-            images = tf.pad(tf.reshape(images, (b * v, height, width, spec.u)), [[0, 0], [c, c], [c, c], [0, 0]])
-            # tensors, not the variables: tf.recompute_grad would count a variable argument twice
+            # tensors, not the variables: the custom gradient differentiates its tensor arguments
             kernel = tf.identity(self.pos_conv)
             bias = tf.identity(self.pos_conv_bias) if spec.conv_bias else None
-            parts = []
-            for top in range(0, height, plan.chunk):
-                bottom = min(height, top + plan.chunk)
-
-                def step(q_rows, images, kernel, *extra, top=top, bottom=bottom):
-                    extra = list(extra)
-                    b_ = extra.pop(0) if bias is not None else None
-                    c_ = extra.pop(0) if content is not None else None
-                    return _conv_chunk(q_rows, images, kernel, b_, c_, top, bottom, b, v)
-
-                if plan.lean:
-                    step = tf.recompute_grad(step)
-                extra = [t for t in (bias, content) if t is not None]
-                parts.append(step(q[:, top * width:bottom * width], images, kernel, *extra))
-            return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+            return _LambdaConvolution.apply(q, values, content, kernel, bias, height, width, plan.chunk, plan.lean)
         if spec.position == "conv" and spec.conv_bias:  # the bias is in every position lambda
             bias = tf.broadcast_to(self.pos_conv_bias[None, :, None], (b, k, v))
             content = bias if content is None else content + bias
@@ -220,15 +207,99 @@ class LambdaLayer(keras.layers.Layer):
         return sums / counts
 
 
-def _conv_chunk(q, images, kernel, bias, content, top: int, bottom: int, b: int, v: int):
-    """Output rows [top, bottom) of the lambda convolution path: the position lambdas of those rows
-    (one convolution of every value channel, u in and k out channels) plus the content lambda,
-    contracted with the queries (b, rows*W, h, k) -> (b, rows*W, h, v)."""
+class _LambdaConvolution:
+    """y[b, n, h, :] = q[b, n, h, :]^T (lambda_c[b] + lambda_p[b, n]) with lambda_p the lambda
+    convolution of the values: one r x r convolution per value channel (u in, k out channels), no
+    Conv3d. Computed in chunks of output rows; ``lean`` recomputes lambda_p in the backward pass
+    instead of keeping it, so at most one chunk of it exists at a time. The backward pass (a
+    tf.custom_gradient, as torch's autograd.Function) computes the kernel gradient as a convolution
+    of the values by the lambda gradient (batch and value axes as channels: far faster than
+    Conv2DBackpropFilter for 1-to-k channels) and the values' gradient by FFT from FFT_MIN_AREA up
+    (Conv2DBackpropInput with k-to-u channels is slow there)."""
+
+    @staticmethod
+    def apply(q, values, content, kernel, bias, height: int, width: int, rows: int, lean: bool):
+        """q (b, n, h, k), values (b, n, u, v), content (b, k, v) or None, kernel HWIO (r, r, u, k),
+        bias (k,) or None -> (b, n, h, v)."""
+        extra = [t for t in (content, bias) if t is not None]
+
+        @tf.custom_gradient
+        def run(q, values, kernel, *extra):
+            extra = list(extra)
+            content_ = extra.pop(0) if content is not None else None
+            bias_ = extra.pop(0) if bias is not None else None
+            y, saved = _LambdaConvolution.forward(q, values, content_, kernel, bias_, height, width, rows, lean)
+            return y, lambda gy: _LambdaConvolution.backward(saved, gy)
+
+        return run(q, values, kernel, *extra)
+
+    @staticmethod
+    def forward(q, values, content, kernel, bias, height, width, rows, lean):
+        b, n, h, k = q.shape
+        u, v = values.shape[2], values.shape[3]
+        c = kernel.shape[0] // 2
+        images = tf.transpose(tf.reshape(values, (b, height, width, u, v)), (0, 4, 1, 2, 3))
+        images = tf.pad(tf.reshape(images, (b * v, height, width, u)), [[0, 0], [c, c], [c, c], [0, 0]])
+        parts, lams = [], []
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            lam = _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v)  # (b, rows*W, k, v)
+            parts.append(tf.matmul(q[:, top * width:bottom * width], lam))
+            if not lean:
+                lams.append(lam)
+        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        return y, (q, images, kernel, bias, content, lams, (height, width, rows, lean, b, v, c))
+
+    @staticmethod
+    def backward(saved, gy):
+        q, images, kernel, bias, content, lams, (height, width, rows, lean, b, v, c) = saved
+        g_q, g_kernel, g_images, g_lam_sum = [], 0.0, 0.0, 0.0
+        for i, top in enumerate(range(0, height, rows)):
+            bottom = min(height, top + rows)
+            sl = slice(top * width, bottom * width)
+            lam = _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v) if lean else lams[i]
+            g_q.append(tf.matmul(gy[:, sl], lam, transpose_b=True))  # (b, rows*W, h, k)
+            g_lam = tf.matmul(q[:, sl], gy[:, sl], transpose_a=True)  # (b, rows*W, k, v)
+            g_lam_sum += tf.reduce_sum(g_lam, 1)
+            band = bottom - top
+            g_img = tf.reshape(tf.transpose(tf.reshape(g_lam, (b, band, width, -1, v)), (0, 4, 1, 2, 3)),
+                               (b * v, band, width, -1))  # (b*v, rows, W, k)
+            window = images[:, top:bottom + 2 * c]  # (b*v, rows + 2c, W + 2c, u)
+            g_k = tf.nn.conv2d(tf.transpose(window, (3, 1, 2, 0)), tf.transpose(g_img, (1, 2, 0, 3)),
+                               strides=1, padding="VALID")  # (u, r, r, k): batch x value as channels
+            g_kernel += tf.transpose(g_k, (1, 2, 0, 3))
+            g_window = _full_convolution(g_img, kernel)  # (b*v, rows + 2c, W + 2c, u)
+            g_images += tf.pad(g_window, [[0, 0], [top, height - bottom], [0, 0], [0, 0]])
+        u = images.shape[3]
+        g_values = tf.reshape(g_images[:, c:c + height, c:c + width], (b, v, height * width, u))
+        g_values = tf.transpose(g_values, (0, 2, 3, 1))  # (b, n, u, v)
+        grads = [tf.concat(g_q, axis=1) if len(g_q) > 1 else g_q[0], g_values, g_kernel]
+        if content is not None:
+            grads.append(g_lam_sum)
+        if bias is not None:
+            grads.append(tf.reduce_sum(g_lam_sum, (0, 2)))
+        return grads
+
+
+def _chunk_lambdas(images, kernel, bias, content, top: int, bottom: int, b: int, v: int):
+    """lambda_p (+ lambda_c) for output rows [top, bottom): (b, rows*W, k, v)."""
     c = kernel.shape[0] // 2
     lam = tf.nn.conv2d(images[:, top:bottom + 2 * c], kernel, strides=1, padding="VALID")  # (b*v, rows, W, k)
     if bias is not None:
         lam += bias
     lam = tf.transpose(tf.reshape(lam, (b, v, -1, kernel.shape[3])), (0, 2, 3, 1))  # (b, rows*W, k, v)
-    if content is not None:
-        lam += content[:, None]
-    return tf.einsum("bnhk,bnkv->bnhv", q, lam)
+    return lam + content[:, None] if content is not None else lam
+
+
+def _full_convolution(g, kernel):
+    """(N, R, W, k) "full" convolution with the HWIO (r, r, u, k) kernel -> (N, R + r - 1, W + r - 1, u):
+    the lambda convolution's input gradient (before cropping the padding)."""
+    r = kernel.shape[0]
+    size = (g.shape[1] + r - 1, g.shape[2] + r - 1)
+    if g.shape[1] * g.shape[2] < FFT_MIN_AREA:
+        return tf.nn.conv2d_transpose(g, kernel, (g.shape[0], *size, kernel.shape[2]), strides=1, padding="VALID")
+    spectrum = tf.signal.rfft2d(tf.transpose(g, (0, 3, 1, 2)), fft_length=size)  # (N, k, F1, F2)
+    kernel_spectrum = tf.signal.rfft2d(tf.transpose(kernel, (3, 2, 0, 1)), fft_length=size)  # (k, u, F1, F2)
+    product = tf.stack([tf.reduce_sum(spectrum * kernel_spectrum[:, j], 1)
+                        for j in range(kernel.shape[2])], 1)  # (N, u, F1, F2)
+    return tf.transpose(tf.signal.irfft2d(product, fft_length=size), (0, 2, 3, 1))
