@@ -272,9 +272,11 @@ class ResNetSpec:
     "sasa", "axial"). A non-conv mixer in a stride-2 block runs at stride 1 and is followed by a 3x3
     stride-2 average pool (padding 1, padded cells not counted): same output size as the strided conv
     and the shortcut. Global mixers (lambda, mhsa, axial) fix their input size, so the spec fixes
-    ``image_size``. Options: ``se`` (squeeze-excitation after the mixer, ratio ``se_ratio`` of the
-    mid width, as ResNet-RS) and ``stem="deep"`` (ResNet-D: three 3x3 stem convs and average-pool
-    shortcuts); both off unless a preset says otherwise: the paper does not say LambdaResNets use them.
+    ``image_size``. Options: ``se`` (squeeze-excitation where timm's Bottleneck puts it: after bn3,
+    before the residual add, on the block's d_out channels, reduced to ``se_ratio`` * d_out; 0.25 is
+    ResNet-RS (timm's resnetrs), 1/16 timm's seresnet) and ``stem="deep"`` (ResNet-D as timm's
+    resnet50d: three 3x3 stem convs and average-pool shortcuts); both off unless a preset says
+    otherwise: the paper does not say LambdaResNets use them.
     """
 
     depth: int

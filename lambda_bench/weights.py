@@ -115,7 +115,9 @@ def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
 def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     """torchvision's / timm's state-dict names and (out, in, kh, kw) layouts (num_batches_tracked
     dropped); a non-conv mixer's tensors sit under "layerS.I.conv2." with their layer names;
-    SE as timm ("se.fc1", "se.fc2", with biases); ResNet-D stem and shortcuts as timm's resnet50d."""
+    SE as timm's Bottleneck (seresnet50, resnetrs50): "se.fc1", "se.fc2" with biases, on the block's
+    d_out channels after bn3, reduced to se_ratio * d_out; ResNet-D stem and shortcuts as timm's
+    resnet50d."""
     w = spec.width
     shapes: dict[str, tuple[int, ...]] = {}
     if spec.stem == "deep":
@@ -136,12 +138,12 @@ def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
         else:
             shapes.update({p + "conv2." + k: v for k, v in layer_shapes(b.mixer_spec).items()})
         shapes.update(_bn(p + "bn2", b.mid))
-        if spec.se:
-            rd = se_channels(spec, b.mid)
-            shapes.update({p + "se.fc1.weight": (rd, b.mid, 1, 1), p + "se.fc1.bias": (rd,),
-                           p + "se.fc2.weight": (b.mid, rd, 1, 1), p + "se.fc2.bias": (b.mid,)})
         shapes[p + "conv3.weight"] = (b.d_out, b.mid, 1, 1)
         shapes.update(_bn(p + "bn3", b.d_out))
+        if spec.se:  # timm's Bottleneck: SE on the block's output channels, after bn3
+            rd = se_channels(spec, b.d_out)
+            shapes.update({p + "se.fc1.weight": (rd, b.d_out, 1, 1), p + "se.fc1.bias": (rd,),
+                           p + "se.fc2.weight": (b.d_out, rd, 1, 1), p + "se.fc2.bias": (b.d_out,)})
         if b.downsample:
             conv = p + ("downsample.1" if spec.stem == "deep" else "downsample.0")
             norm = p + ("downsample.2" if spec.stem == "deep" else "downsample.1")
@@ -152,8 +154,9 @@ def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def se_channels(spec: ResNetSpec, mid: int) -> int:
-    return max(1, int(round(mid * spec.se_ratio)))
+def se_channels(spec: ResNetSpec, channels: int) -> int:
+    """Width of the SE bottleneck over ``channels`` (a block's d_out) channels."""
+    return max(1, int(round(channels * spec.se_ratio)))
 
 
 def efficientnet_shapes(spec: EfficientNetSpec) -> dict[str, tuple[int, ...]]:
