@@ -13,6 +13,7 @@ The error of a tensor is max|ours - ref| / max|ref| (max|ours - ref| where the r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
@@ -34,6 +35,16 @@ TOLERANCES = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
 # the anchor's own inputs to float32 moves its gradients by 1-5e-5. 10 * 1e-5 * sqrt(depth) is
 # 9e-4 for B0 (81 weight tensors), 1.1e-3 for B3, 7.3e-4 for ResNet-50.
 MODEL_TOLERANCE_FACTOR = 10.0
+
+# Train-mode gradients of a whole ReLU network are not a float32-stable quantity: a pre-activation
+# within rounding of zero flips a ReLU (measured: one element of ResNet-26's last block is -1.0e-6
+# in float64 and +2.1e-5 in float32, moving layer4.1.bn3.bias's gradient by 9e-2 in all three
+# frameworks alike; perturbing the float64 input by 1e-6 moves gradients by 1e-2 to 3e-1). A model's
+# gradients are therefore checked as a whole (L2 over all parameter gradients) and each tensor only
+# loosely: enough to catch a wrong, missing or transposed gradient (errors of order 1), not rounding.
+# Tight gradient checks are the layers' (1e-5 against the NumPy reference).
+MODEL_GRADIENT_TOLERANCE = 0.5
+MODEL_GRADIENT_NORM_TOLERANCE = 0.1
 
 # In a model, a gradient that is zero in exact arithmetic (the bias of a BatchNorm followed, through
 # a convolution, by a train-mode BatchNorm: each EfficientNet block's last one) comes out as rounding
@@ -88,12 +99,30 @@ def relative_error(ours: np.ndarray, ref: np.ndarray, floor: float = 0.0) -> flo
 
 
 def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32."""
+    """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32.
+
+    A model's running statistics are calibrated instead (see calibrate_running_stats): random ones
+    overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input.
+    """
     w = canonical.randomize_state(canonical.init_weights(case.spec, seed), seed)
     rng = np.random.default_rng(seed + 1)
     x = rng.normal(size=case.input_shape).astype(np.float32)
     cotangent = rng.normal(size=case.output_shape).astype(np.float32)
+    if case.is_model:
+        w = calibrate_running_stats(case, w, rng.normal(size=case.input_shape).astype(np.float32))
     return w, x, cotangent
+
+
+def calibrate_running_stats(case: Case, w: Mapping[str, np.ndarray], x_calibration: np.ndarray) -> dict[str, np.ndarray]:
+    """Running statistics = the batch statistics of a separate calibration batch (one train-mode
+    step of the torch float64 model with BatchNorm momentum 1)."""
+    backend = get_backend("torch")
+    spec = dataclasses.replace(case.spec, bn_momentum=1.0)
+    model = backend.build(spec, 0, dtype="float64")
+    backend.load_weights(model, w)
+    backend.forward(model, x_calibration, train=True)
+    state = backend.export_weights(model)
+    return {**w, **{k: state[k].astype(np.float32) for k in w if canonical.is_buffer(k)}}
 
 
 def expected(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,10 +176,26 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
         extra = sorted(set(got) - set(ref))
         if missing or extra:
             raise RuntimeError(f"{fw}: checked tensors differ from the reference's: missing {missing}, extra {extra}")
-        floor = parameter_gradient_scale(ref) if case.is_model else 0.0
-        rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t], floor if t.startswith("grad ") else 0.0),
-                                tolerance) for t in ref)
+        if not case.is_model:
+            rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance) for t in ref)
+            continue
+        floor = parameter_gradient_scale(ref)
+        for t in ref:
+            if t.startswith("grad "):
+                rows.append(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t], floor), MODEL_GRADIENT_TOLERANCE))
+            else:
+                rows.append(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance))
+        grads = [t for t in ref if t.startswith("grad ") and t != "grad input"]
+        rows.append(TensorCheck(case.name, fw, "grad (all parameters, L2)", l2_relative_error(
+            [got[t] for t in grads], [ref[t] for t in grads]), MODEL_GRADIENT_NORM_TOLERANCE))
     return rows
+
+
+def l2_relative_error(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """||ours - ref|| / ||ref|| over the concatenation of all tensors."""
+    diff = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)) for a, b in zip(ours, ref))
+    norm = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in ref)
+    return (diff / norm) ** 0.5 if norm > 0 else diff ** 0.5
 
 
 def parameter_gradient_scale(ref: Mapping[str, np.ndarray]) -> float:

@@ -132,9 +132,11 @@ def describe_model(s: Any) -> str:
     return f"ResNet-{s.depth} {mixers} [{letters}]" + "".join(f", {x}" for x in extras)
 
 
-# The equivalence cases CI covers (tests/test_equivalence.py; `lambda-bench check --suite`): both
-# position forms, content-only and position-only, |u| in {1, 4}, |h| in {1, 4}, non-square and odd
-# sizes, stride 2 with both pools, batch 1, d_in != d_out, the paper's r = 23.
+# The equivalence cases CI covers (tests/test_equivalence.py; `lambda-bench check --suite`): lambda
+# layers with both position forms, content-only and position-only, |u| in {1, 4}, |h| in {1, 4},
+# non-square and odd sizes, stride 2 with both pools, batch 1, d_in != d_out, the paper's r = 23;
+# the three attention layers; a ResNet with every mixer, one with SE and the ResNet-D stem, and
+# EfficientNet-B0 (models at 64 px, batch 2).
 CHECK_SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     "global_preset": ("lambda", {}),
     "conv_preset": ("lambda_conv", {}),
@@ -144,6 +146,13 @@ CHECK_SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     "position_only_conv_din_ne_dout": ("lambda_conv", dict(content=False, d_in=48, d_out=32, r=3)),
     "position_only_global_stride2": ("lambda", dict(content=False, stride=2, pool=2, size=(7, 9))),
     "conv_r23_b1": ("lambda_conv", dict(r=23, batch=1, height=11, width=13)),
+    # the attention baselines, and one model of each family covering every mixer
+    "mhsa_preset": ("mhsa", {}),
+    "sasa_stride2_pool3": ("sasa", dict(stride=2, pool=3, height=7, width=9)),
+    "axial_din_ne_dout": ("axial", dict(d_in=48, size=(7, 9))),
+    "resnet26_lambda_conv_sasa_mhsa_axial": ("resnet26", dict(mixers=("lambda_conv", "sasa", "mhsa", "axial"))),
+    "resnet26_global_lambda_se_deep_stem": ("resnet26", dict(mixers=("conv", "lambda", "conv", "conv"), se=True, stem="deep")),
+    "efficientnet_b0": ("efficientnet_b0", {}),
 }
 
 

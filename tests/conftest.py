@@ -4,6 +4,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Importing torchvision, timm or triton (torch's FLOP counter loads it) after TensorFlow has loaded
+# kills the process (TF 2.21, torch 2.14.1): load them first, whichever test runs first.
+for _module in ("torch", "triton", "torchvision", "timm", "lambda_networks"):
+    try:
+        __import__(_module)
+    except ImportError:
+        pass
+
 from lambda_bench.backend import FRAMEWORKS  # noqa: E402
 from lambda_bench.equivalence import installed_frameworks  # noqa: E402
 
