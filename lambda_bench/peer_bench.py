@@ -109,23 +109,10 @@ def _build_torch_peer(kind: str, cfg: Config, seed: int = 0):
     return LambdaLayer(cfg.d, dim_k=K, n=cfg.size, heads=HEADS, dim_out=cfg.d, dim_u=U)
 
 
-def _randomise_torch_bn(module, seed: int) -> None:
-    """Non-trivial BatchNorm state, so eval mode is not an identity normalisation."""
-    import torch
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for bn in (module.norm_q, module.norm_v):
-            c = bn.num_features
-            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
-            bn.bias.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
-
-
 def _torch_peer_and_mapping(kind: str, cfg: Config, seed: int = 0):
     from . import peers
     module = _build_torch_peer(kind, cfg, seed)
-    _randomise_torch_bn(module, seed)
+    peers.randomise_torch_batchnorm(module, seed)
     spec, w = (peers.from_timm if kind == "timm" else peers.from_lucidrains)(module)
     return module, spec, w
 

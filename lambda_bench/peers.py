@@ -209,3 +209,19 @@ def from_lucidrains_keras(layer) -> tuple[LambdaSpec, Weights]:
     spec = LambdaSpec(d_in=w["to_q.weight"].shape[1], d_out=layer.out_dim, k=k, heads=heads, u=u,
                       position="conv", r=r, conv_bias=bool(conv.use_bias), bn_eps=eps, bn_momentum=momentum)
     return spec, w
+
+
+def randomise_torch_batchnorm(module, seed: int):
+    """Random gamma, beta, running mean and variance on a torch peer's norm_q and norm_v, so that
+    eval mode is not an identity normalisation. Returns the module."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for bn in (module.norm_q, module.norm_v):
+            c = bn.num_features
+            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
+            bn.bias.copy_(0.2 * torch.randn(c, generator=g))
+            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+    return module

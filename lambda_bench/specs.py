@@ -6,7 +6,6 @@ implementations call the same checks, so they fail the same way on the same inpu
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -158,17 +157,10 @@ class LambdaSpec:
     output_shape = _layer_output_shape
     check_input = _check_input
 
-    def replace(self, **changes: Any) -> "LambdaSpec":
-        return dataclasses.replace(self, **changes)
 
 
 def pool_padding(pool: int) -> int:
     return (pool - 1) // 2
-
-
-def field_types(spec_cls: type) -> dict[str, Any]:
-    """Field name -> the annotation's text, for parsing command-line overrides."""
-    return {f.name: f.type for f in dataclasses.fields(spec_cls)}
 
 
 # --- self-attention baselines -------------------------------------------------------------------

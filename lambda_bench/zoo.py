@@ -167,10 +167,6 @@ def names() -> list[str]:
     return list(PRESETS)
 
 
-def model_names() -> list[str]:
-    return list(MODELS)
-
-
 def get(name: str, **overrides: Any) -> Case:
     """A preset with overrides of spec fields and of batch/height/width.
 

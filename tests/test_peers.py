@@ -59,23 +59,10 @@ SEED = 0
 # --- building randomised peers ------------------------------------------------------------------
 
 
-def _randomise_torch_bn(module, seed: int):
-    """Random gamma, beta, running mean and variance on both BatchNorms (torch peers)."""
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for bn in (module.norm_q, module.norm_v):
-            c = bn.num_features
-            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
-            bn.bias.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return module
-
-
 def timm_layer(**kwargs) -> Callable[[tuple], Any]:
     def make(_shape):
         torch.manual_seed(SEED)
-        return _randomise_torch_bn(TimmLambda(**kwargs), SEED)  # conv_lambda.bias: torch's random init
+        return peers.randomise_torch_batchnorm(TimmLambda(**kwargs), SEED)  # conv_lambda.bias: torch's random init
     return make
 
 
@@ -84,7 +71,7 @@ def lucidrains_layer(dim: int, **kwargs) -> Callable[[tuple], Any]:
         torch.manual_seed(SEED)
         with warnings.catch_warnings():  # its calc_rel_pos calls torch.meshgrid without indexing=
             warnings.simplefilter("ignore", UserWarning)
-            return _randomise_torch_bn(LucidrainsLambda(dim, **kwargs), SEED)
+            return peers.randomise_torch_batchnorm(LucidrainsLambda(dim, **kwargs), SEED)
     return make
 
 
