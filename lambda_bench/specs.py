@@ -6,6 +6,7 @@ implementations call the same checks, so they fail the same way on the same inpu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,9 @@ class LambdaSpec:
     output_size = _output_size
     output_shape = _layer_output_shape
     check_input = _check_input
+
+    def replace(self, **changes: Any) -> "LambdaSpec":
+        return dataclasses.replace(self, **changes)
 
 
 
