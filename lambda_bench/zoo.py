@@ -225,3 +225,16 @@ def _model_case(name: str, **overrides: Any) -> Case:
         raise ValueError(f"batch={batch!r}: must be a positive integer")
     spec = dataclasses.replace(spec, **changes)
     return Case(name, spec, batch, spec.image_size, spec.image_size)
+
+
+def case(name: str, image_size: int | None = None, batch: int | None = None) -> Case:
+    """A registered layer or model at a square ``image_size`` (default: the preset's own; a model's
+    published size) and ``batch`` (default: the preset's): what the profiler measures."""
+    overrides: dict[str, Any] = {}
+    if batch is not None:
+        overrides["batch"] = batch
+    if name in MODELS:
+        overrides["image_size"] = MODELS[name].image_size if image_size is None else image_size
+    elif image_size is not None:
+        overrides["height"] = overrides["width"] = image_size
+    return get(name, **overrides)
