@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
+import time
 from typing import Any, Sequence
 
 from . import zoo
@@ -162,6 +164,95 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     return peer_bench.run_cli(args)
 
 
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(flag: str, text: str | None) -> list[int | None] | None:
+    if text is None:
+        return None
+    out: list[int | None] = []
+    for part in _csv(text) or []:
+        if part.lower() in ("default", "none"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise UsageError(f"{flag} {part!r}: not an integer") from None
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import results, runner
+
+    if args.preset and args.config:
+        raise UsageError("--preset and --config: give one of them")
+    if args.config:
+        config, source = runner.load_config(args.config), f"config {args.config}"
+    elif args.preset or not args.models:
+        name = args.preset or "quick"
+        config, source = runner.preset(name), f"preset {name}"
+    else:
+        config, source = {"groups": [{}]}, "command line"
+    if args.models and not args.config and args.preset is None:
+        config = {k: v for k, v in config.items() if k != "groups"}
+    config = runner.override(config, models=_csv(args.models), frameworks=_csv(args.frameworks),
+                             image_sizes=_int_list("--image-size", args.image_size),
+                             batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),
+                             precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
+                             threads=args.threads, timeout_s=args.timeout)
+    sweep = runner.build_sweep(config, source)
+    out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
+    command = "lambda-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.argv is None else args.argv
+    print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}", flush=True)
+    started = time.perf_counter()
+    run_dir = runner.run(sweep, out, resume=args.resume, command=command,
+                         progress=lambda line: print(line, flush=True))
+    rows = results.read_rows(run_dir)
+    print()
+    print(runner.summary_table(rows))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
+          f"{time.perf_counter() - started:.0f} s: {run_dir}/results.csv")
+    if args.report:
+        from .report import render
+
+        report_dir = args.report_dir or os.path.join("reports", os.path.basename(os.path.normpath(str(run_dir))))
+        path = render([run_dir], report_dir)
+        print(f"report: {path} (and {os.path.join(os.path.dirname(str(path)), 'report.html')})")
+    return 0
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from . import flops as flops_mod
+
+    rows = flops_mod.compare(args.names, _csv(args.frameworks), args.image_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(flops_mod.format_table(rows))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from . import ingest
+
+    n, out = ingest.ingest(args.file, args.out)
+    print(f"{n} rows from {args.file} -> {out}/results.csv")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    path = render(args.run_dirs, args.out, accuracy=args.accuracy)
+    print(f"report: {path} (and {os.path.join(os.path.dirname(str(path)), 'report.html')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambda-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +293,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile'd members (slow to compile on a small CPU; off by default)")
     p.add_argument("--budget", type=float, help="seconds of timing per group after warm-up (default 8)")
     p.set_defaults(func=_cmd_peers)
+
+    p = sub.add_parser("run", help="measure a sweep: each case in a fresh worker, rows in results/<run-id>/")
+    p.add_argument("--preset", help="a named sweep: quick (CPU, <= 15 min; the default) or paper (accelerator)")
+    p.add_argument("--config", metavar="SWEEP.toml", help="a sweep file (the keys of the presets)")
+    p.add_argument("--models", help="comma-separated names (lambda-bench list / models); replaces the preset's")
+    p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax")
+    p.add_argument("--image-size", help="comma-separated sizes ('default': a model's published size)")
+    p.add_argument("--batch-size", help="comma-separated batch sizes")
+    p.add_argument("--mode", help="infer, train or infer,train")
+    p.add_argument("--precision", help="fp32 and/or bf16")
+    p.add_argument("--compile", help="eager, compiled, xla (each framework runs those it has)")
+    p.add_argument("--device", help="cpu, cuda, tpu")
+    p.add_argument("--threads", type=int, help="CPU threads for every framework (the worker is pinned to them)")
+    p.add_argument("--timeout", type=float, help="seconds per case before its worker is killed (status timeout)")
+    p.add_argument("--out", help="run directory (default results/<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out: skip the cases it holds")
+    p.add_argument("--report", action="store_true", help="render the report of the run when it ends")
+    p.add_argument("--report-dir", help="where --report writes (default reports/<run-id>)")
+    p.set_defaults(func=_cmd_run, argv=None)
+
+    p = sub.add_parser("flops", help="analytic FLOPs against each framework's own counter")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--image-size", type=int, help="input size (default: each model's published size)")
+    p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: installed ones)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_flops)
+
+    p = sub.add_parser("ingest", help="turn a pytest-benchmark JSON file into result rows")
+    p.add_argument("file", metavar="FILE.json")
+    p.add_argument("--out", required=True, help="run directory to write (results.jsonl / .csv)")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("report", help="render report.md / report.html and figures from run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="reports/latest", help="report directory (default reports/latest)")
+    p.add_argument("--accuracy", metavar="FILE.csv", help="your own top-1 table; it takes precedence")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -1,0 +1,373 @@
+"""Sweeps: a config -> cases -> one fresh worker process each -> result rows, resumable.
+
+A sweep config is a list of groups; each group is a cross product of models x frameworks x image
+sizes x batch sizes x modes x precisions x compile modes x devices. Configs come from a named preset
+(``PRESETS``, configs as code) or a TOML file with the same keys (top-level keys are defaults for
+every ``[[group]]``). Everything is validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from . import results, zoo
+from .backend import FRAMEWORKS
+from .measure import steps
+from .measure.timing import TimingConfig
+
+# The compile mode each framework is normally run in, used where a config names none.
+DEFAULT_COMPILE = {"torch": "eager", "tensorflow": "compiled", "jax": "compiled"}
+GROUP_KEYS = ("models", "frameworks", "image_sizes", "batch_sizes", "modes", "precisions", "compiles", "devices")
+SWEEP_KEYS = ("threads", "timeout_s", "seed", "timing", "memory_limit_bytes")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    framework: str
+    image_size: int
+    batch_size: int
+    mode: str
+    precision: str
+    compile: str
+    device: str
+    threads: int | None
+
+    @property
+    def case_id(self) -> str:
+        return "|".join(str(v) for v in (self.model, self.framework, self.image_size, self.batch_size, self.mode,
+                                          self.precision, self.compile, self.device, f"t{self.threads}"))
+
+    def describe(self) -> str:
+        return (f"{self.model} {self.framework}/{self.compile} {self.mode} {self.precision} {self.device} "
+                f"{self.image_size}px b{self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    cases: tuple[Case, ...]
+    threads: int | None = None
+    timeout_s: float = 600.0
+    seed: int = 0
+    timing: TimingConfig = TimingConfig()
+    memory_limit_bytes: int | None = None
+    source: str = ""
+
+    def as_config(self) -> dict[str, Any]:
+        return {"source": self.source, "threads": self.threads, "timeout_s": self.timeout_s, "seed": self.seed,
+                "timing": dataclasses.asdict(self.timing), "memory_limit_bytes": self.memory_limit_bytes,
+                "cases": [c.case_id for c in self.cases]}
+
+
+# --- presets (configs as code) ------------------------------------------------------------------
+
+_LAYERS = ("lambda", "lambda_conv", "mhsa", "sasa", "axial")
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, 2 cores, <= 15 minutes: every family, every mixer over several resolutions, every framework
+    "quick": {
+        "threads": 2, "timeout_s": 240, "timing": {"warmup_steps": 1, "min_steps": 3, "min_time_s": 0.5},
+        "groups": [
+            {"models": ["resnet26", "lambda_resnet26", "mhsa_resnet26", "sasa_resnet26", "axial_resnet26",
+                        "efficientnet_b0"],
+             "frameworks": ["torch", "tensorflow", "jax"], "image_sizes": [64], "batch_sizes": [2],
+             "modes": ["infer", "train"]},
+            {"models": ["resnet50", "lambda_resnet50", "efficientnet_b0", "efficientnet_b1"],
+             "frameworks": ["torch"], "image_sizes": [None], "batch_sizes": [1], "modes": ["infer", "train"]},
+            {"models": list(_LAYERS), "frameworks": ["torch", "tensorflow", "jax"],
+             "image_sizes": [8, 16, 32], "batch_sizes": [2], "modes": ["train"]},
+            {"models": list(_LAYERS), "frameworks": ["torch"], "image_sizes": [48, 64], "batch_sizes": [2],
+             "modes": ["train"]},
+        ],
+    },
+    # the paper's configurations: ResNet-50 variants at 224, LambdaResNets and EfficientNets at their
+    # published resolutions, batches that fill an accelerator (meant for a GPU or TPU)
+    "paper": {
+        "timeout_s": 1800, "devices": ["cuda"],
+        "groups": [
+            {"models": ["resnet50", "lambda_resnet50", "lambda_resnet50_u4",
+                        *(f"lambda_resnet50_{p}" for p in zoo.TABLE12_PLACEMENTS),
+                        "mhsa_resnet50", "sasa_resnet50", "axial_resnet50"],
+             "image_sizes": [224], "batch_sizes": [128], "modes": ["infer", "train"]},
+            {"models": [f"lambda_resnet{d}" for d in zoo.LAMBDA_RESNET_SIZES]
+             + [f"efficientnet_b{v}" for v in range(8)],
+             "image_sizes": [None], "batch_sizes": [64], "modes": ["infer", "train"]},
+            {"models": list(_LAYERS), "image_sizes": [14, 28, 56, 112], "batch_sizes": [32], "modes": ["train"]},
+        ],
+    },
+}
+
+
+# --- config -> cases ----------------------------------------------------------------------------
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if value is None:
+        return [None]
+    return [value]
+
+
+def _positive(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key}={value!r}: must be a positive integer")
+
+
+def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
+    """Validate ``config`` (a preset dict or parsed TOML) and expand it into cases.
+    ValueError names the first problem."""
+    known = set(GROUP_KEYS) | set(SWEEP_KEYS) | {"groups"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"key {unknown[0]!r}: unknown in the sweep config; keys are {', '.join(sorted(known))}")
+    groups = config.get("groups") or [{}]
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
+        raise ValueError("groups: must be a list of tables ([[groups]] in TOML)")
+    threads = config.get("threads")
+    _positive("threads", threads, allow_none=True)
+    timeout = config.get("timeout_s", 600.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout_s={timeout!r}: must be a positive number of seconds")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r}: must be a non-negative integer")
+    timing = config.get("timing", {})
+    if not isinstance(timing, Mapping):
+        raise ValueError("timing: must be a table of warmup_steps, min_steps, min_time_s, max_steps, max_time_s")
+    timing_fields = {f.name for f in dataclasses.fields(TimingConfig)}
+    bad = sorted(set(timing) - timing_fields)
+    if bad:
+        raise ValueError(f"timing key {bad[0]!r}: unknown; keys are {', '.join(sorted(timing_fields))}")
+    memory_limit = config.get("memory_limit_bytes")
+    _positive("memory_limit_bytes", memory_limit, allow_none=True)
+
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        unknown = sorted(set(group) - set(GROUP_KEYS))
+        if unknown:
+            raise ValueError(f"groups[{i}] key {unknown[0]!r}: unknown; group keys are {', '.join(GROUP_KEYS)}")
+        merged = {k: group.get(k, config.get(k)) for k in GROUP_KEYS}
+        for case in _expand(merged, threads, where=f"groups[{i}]" if len(groups) > 1 else "config"):
+            if case.case_id not in seen:
+                seen.add(case.case_id)
+                cases.append(case)
+    if not cases:
+        raise ValueError("the sweep has no cases (no compile mode given applies to any framework given)")
+    return Sweep(tuple(cases), threads, float(timeout), seed, TimingConfig(**timing), memory_limit, source)
+
+
+def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterable[Case]:
+    models = _as_list("models", group["models"])
+    if models == [None]:
+        raise ValueError(f"{where}: no models given")
+    for m in models:
+        if m not in zoo.MODELS and m not in zoo.PRESETS:
+            raise ValueError(f"model {m!r}: not registered; `lambda-bench list` and `lambda-bench models` name them")
+    frameworks = _as_list("frameworks", group["frameworks"] or list(FRAMEWORKS))
+    for fw in frameworks:
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"framework {fw!r}: must be one of {', '.join(FRAMEWORKS)}")
+    sizes = _as_list("image_sizes", group["image_sizes"])
+    batches = _as_list("batch_sizes", group["batch_sizes"] or [1])
+    for s in sizes:
+        _positive("image size", s, allow_none=True)
+    for b in batches:
+        _positive("batch size", b)
+    modes = _as_list("modes", group["modes"] or ["infer"])
+    precisions = _as_list("precisions", group["precisions"] or ["fp32"])
+    devices = _as_list("devices", group["devices"] or ["cpu"])
+    for name, values, allowed in (("mode", modes, steps.MODES), ("precision", precisions, steps.PRECISIONS),
+                                  ("device", devices, steps.DEVICES)):
+        for v in values:
+            if v not in allowed:
+                raise ValueError(f"{name} {v!r}: must be one of {', '.join(allowed)}")
+    compiles = _as_list("compiles", group["compiles"]) if group["compiles"] else None
+    all_compiles = {c for modes_ in steps.COMPILE_MODES.values() for c in modes_}
+    for c in compiles or ():
+        if c not in all_compiles:
+            raise ValueError(f"compile {c!r}: must be one of {', '.join(sorted(all_compiles))}")
+    for model, fw, size, batch, mode, precision, device in itertools.product(
+            models, frameworks, sizes, batches, modes, precisions, devices):
+        if size is None:
+            size = zoo.case(model).height
+        try:
+            zoo.case(model, size, batch)  # the spec accepts this size (e.g. global tables, strides)
+        except ValueError as exc:
+            raise ValueError(f"{model} at image size {size}: {exc}") from None
+        for compile_mode in (compiles or [DEFAULT_COMPILE[fw]]):
+            if compile_mode in steps.COMPILE_MODES[fw]:
+                yield Case(model, fw, int(size), int(batch), mode, precision, compile_mode, device, threads)
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"config {str(path)!r}: cannot read it ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config {str(path)!r}: malformed TOML ({exc})") from None
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r}: unknown; presets are {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def override(config: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """``config`` with command-line values replacing the same key in every group."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    out = {k: v for k, v in config.items() if k not in changes}
+    out.update({k: v for k, v in changes.items() if k in SWEEP_KEYS})
+    group_changes = {k: v for k, v in changes.items() if k in GROUP_KEYS}
+    if "groups" in config:
+        out["groups"] = [{**g, **group_changes} for g in config["groups"]]
+    else:
+        out.update(group_changes)
+    return out
+
+
+# --- running ------------------------------------------------------------------------------------
+
+WORKER = (sys.executable, "-m", "lambda_bench.worker")
+
+
+def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] = WORKER) -> dict[str, Any]:
+    """Measure one case in a fresh process; always returns a row (the worker's, or crashed/timeout)."""
+    payload = {**dataclasses.asdict(case), "seed": sweep.seed, "timing": dataclasses.asdict(sweep.timing),
+               "memory_limit_bytes": sweep.memory_limit_bytes, "parent_pid": os.getpid()}
+    with tempfile.TemporaryDirectory(prefix="lambda-bench-") as tmp:
+        case_path, result_path, log_path = (Path(tmp) / n for n in ("case.json", "result.json", "worker.log"))
+        case_path.write_text(json.dumps(payload))
+        start = time.perf_counter()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([*worker, str(case_path), str(result_path)], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+            try:
+                code = proc.wait(timeout=sweep.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {"status": "timeout", "error": f"no result within {sweep.timeout_s:g} s; worker killed",
+                        "wall_s": time.perf_counter() - start}
+            finally:
+                _kill_group(proc)  # nothing the worker started may outlive the case
+        wall = time.perf_counter() - start
+        if result_path.exists():
+            row = json.loads(result_path.read_text())
+            row.pop("pinned_cpus", None)
+            row["wall_s"] = wall
+            return row
+        tail = log_path.read_text(errors="replace")[-1500:].strip()
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (the kernel's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+            error = f"worker killed by {name}{hint}"
+        else:
+            error = f"worker exited with code {code} and no result"
+        return {"status": "crashed", "error": f"{error}; last output: {tail[-800:]}" if tail else error, "wall_s": wall}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def case_row(case: Case, run_id: str, measured: Mapping[str, Any], commit: str | None, device_name: str) -> dict[str, Any]:
+    zcase = zoo.case(case.model, case.image_size, case.batch_size)
+    spec = zcase.spec
+    if zcase.is_model:
+        kind = "model"
+        mixers = sorted(set(getattr(spec, "mixers", ("mbconv",))))
+        mixer = "+".join(mixers)
+    else:
+        kind, mixer = "layer", case.model
+    row = {"run_id": run_id, "case_id": case.case_id, "framework": case.framework, "model": case.model,
+           "family": zoo.family(spec) if kind == "model" else "layer", "kind": kind, "mixer": mixer,
+           "image_size": case.image_size, "batch_size": case.batch_size, "mode": case.mode,
+           "precision": case.precision, "compile": case.compile, "device": case.device, "device_name": device_name,
+           "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
+    row.update({k: v for k, v in measured.items() if k in results.COLUMNS})
+    if row.get("error") and len(str(row["error"])) > 4000:
+        row["error"] = str(row["error"])[:3997] + "..."
+    return row
+
+
+def device_names() -> dict[str, str]:
+    names = {"cpu": results.cpu_name()}
+    gpus = results.gpu_info()
+    if gpus:
+        names["cuda"] = gpus[0]["name"]
+    return names
+
+
+def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str = "",
+        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] = WORKER) -> Path:
+    """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case."""
+    out = Path(out_dir)
+    if out.exists() and (out / results.ROWS_FILE).exists() and not resume:
+        raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a new directory")
+    store = results.Store(out)
+    store.write_env(results.environment({**sweep.as_config(), "command": command}))
+    done = store.done_case_ids()
+    todo = [c for c in sweep.cases if c.case_id not in done]
+    commit, names = results.git_commit(), device_names()
+    total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
+    started = time.perf_counter()
+    for k, case in enumerate(todo, start=1):
+        if progress:
+            elapsed = time.perf_counter() - started
+            eta = f"{elapsed / (k - 1) * (len(todo) - k + 1):.0f} s" if k > 1 else "?"
+            progress(f"[{skipped + k}/{total}] {case.describe()}  (elapsed {elapsed:.0f} s, left ~{eta})")
+        measured = run_case(case, sweep, worker)
+        row = case_row(case, out.name, measured, commit, names.get(case.device, case.device))
+        store.append(row)
+        if progress:
+            progress(f"    -> {_one_line(row)}")
+    return out
+
+
+def _one_line(row: Mapping[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return f"{row.get('status')}: {str(row.get('error'))[:160]}"
+    mem = row.get("peak_mem_bytes")
+    mem_text = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
+    return (f"ok  {row['step_time_median_s'] * 1e3:.1f} ms/step (n={row['n_steps']}), "
+            f"{row['images_per_s']:.1f} img/s, first call {row['first_call_s']:.2f} s{mem_text}")
+
+
+def summary_table(rows: list[Mapping[str, Any]]) -> str:
+    """A fixed-width table of a run's rows for the terminal."""
+    header = ("model", "framework", "compile", "mode", "size", "batch", "status", "ms/step", "img/s", "peak MiB")
+    lines = [header]
+    for r in rows:
+        ok = r.get("status") == "ok"
+        mem = r.get("peak_mem_bytes")
+        lines.append((str(r.get("model")), str(r.get("framework")), str(r.get("compile")), str(r.get("mode")),
+                      str(r.get("image_size")), str(r.get("batch_size")), str(r.get("status")),
+                      f"{r['step_time_median_s'] * 1e3:.1f}" if ok else "-",
+                      f"{r['images_per_s']:.1f}" if ok else "-",
+                      f"{mem / 2**20:.1f}" if ok and mem is not None else "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

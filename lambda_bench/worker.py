@@ -1,0 +1,164 @@
+"""One measured case in a fresh process: ``python -m lambda_bench.worker CASE_JSON RESULT_JSON``.
+
+Everything that must precede the framework import happens here first: thread pinning (CPU affinity
+plus the frameworks' own thread settings), GPU memory behaviour (TF memory growth, no JAX
+preallocation), hiding GPUs from CPU cases, an optional address-space limit. The runner reads
+RESULT_JSON; a worker that dies before writing it is reported by the runner (crashed / timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "can't allocate memory",
+               "cannot allocate memory", "failed to allocate", "std::bad_alloc", "oom when allocating")
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """A worker must not outlive its runner (a SIGKILLed sweep would leave it competing for cores
+    with the resumed one): ask Linux to SIGKILL us when the parent goes."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect
+
+
+def _pin(threads: int | None, device: str) -> list[int] | None:
+    env = os.environ
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"          # TF: take GPU memory as needed, not all of it
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"     # JAX: no 75% preallocation
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""               # no framework touches a GPU in a CPU case
+        env["JAX_PLATFORMS"] = "cpu"
+    elif device == "cuda":
+        env.setdefault("JAX_PLATFORMS", "cuda,cpu")
+    if threads is None:
+        return None
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        env[var] = str(threads)
+    env["TF_NUM_INTEROP_THREADS"] = "1"
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)  # the one limit every framework obeys alike
+    return cpus
+
+
+def _limit_memory(limit_bytes: int | None) -> None:
+    if limit_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or type(exc).__name__ in ("OutOfMemoryError", "ResourceExhaustedError"):
+        return "oom"
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "oom" if any(m in text for m in OOM_MARKERS) else "error"
+
+
+def error_text(exc: BaseException, limit: int = 2000) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def measure(case: dict[str, Any]) -> dict[str, Any]:
+    """The result row's measured columns for ``case`` (keys of lambda_bench.results.COLUMNS)."""
+    from lambda_bench import counting, zoo
+    from lambda_bench.backend import FrameworkUnavailable, get_backend
+    from lambda_bench.measure import memory, steps
+    from lambda_bench.measure.timing import TimingConfig, time_step
+
+    row: dict[str, Any] = {}
+    zcase = zoo.case(case["model"], case.get("image_size"), case["batch_size"])
+    spec = zcase.spec
+    row["params"] = counting.params(spec)
+    row["flops_analytic"] = counting.flops(spec, zcase.height, zcase.width)
+    try:
+        backend = get_backend(case["framework"])
+    except FrameworkUnavailable as exc:
+        return {**row, "status": "unavailable", "error": str(exc)}
+    backend.configure(case.get("threads"))
+    row["framework_version"] = backend.device_info().get("version")
+    try:
+        step = backend.prepare(zcase, mode=case["mode"], precision=case["precision"], compile=case["compile"],
+                               device=case["device"], seed=case.get("seed", 0))
+    except steps.Unsupported as exc:
+        return {**row, "status": "unsupported", "error": str(exc)}
+
+    resident = memory.ResidentPeak()  # baseline: model, inputs and runtime in memory, no step run yet
+    nvml = memory.NvmlPeak() if case["device"] == "cuda" else None
+
+    def reset_peaks() -> None:
+        resident.reset()
+        step.reset_peak_memory()
+        if nvml is not None:
+            nvml.reset()
+
+    timing = time_step(step.step, TimingConfig(**case.get("timing", {})), traces=lambda: step.traces,
+                       after_warmup=reset_peaks)
+    row.update(timing.summary())
+    device_peak, device_source = step.peak_memory()
+    if device_peak is not None:
+        row["peak_mem_bytes"], row["mem_source"] = device_peak, device_source
+    else:
+        row["peak_mem_bytes"], row["mem_source"] = resident.peak(), resident.source
+    if nvml is not None and nvml.available:
+        row["nvml_peak_bytes"] = nvml.peak()
+    if case["mode"] == "train" and not _finite(step.loss()):
+        return {**row, "status": "error", "error": f"training loss is {step.loss()} (diverged)"}
+    median = row["step_time_median_s"]
+    row["images_per_s"] = case["batch_size"] / median
+    if case["mode"] == "train":
+        row["train_s_per_1024"] = median * 1024 / case["batch_size"]
+    counted = step.count_flops()
+    if counted.get("flops") is not None:
+        row["flops_counted"] = counted["flops"] / case["batch_size"]
+    row["flops_counter"] = f"{counted.get('counter', '')}: {counted.get('note', '')}".strip(": ")
+    if timing.recompilations:
+        row["error"] = f"{timing.recompilations} recompilation(s) inside the timed loop"
+    row["status"] = "ok"
+    return row
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m lambda_bench.worker CASE_JSON RESULT_JSON", file=sys.stderr)
+        return 2
+    case = json.loads(open(argv[0]).read())
+    _die_with_parent(case.get("parent_pid"))
+    cpus = _pin(case.get("threads"), case["device"])
+    _limit_memory(case.get("memory_limit_bytes"))
+    start = time.perf_counter()
+    try:
+        row = measure(case)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
+        row = {"status": classify(exc), "error": error_text(exc)}
+        traceback.print_exc()
+    row["wall_s"] = time.perf_counter() - start
+    row["pinned_cpus"] = cpus
+    tmp = argv[1] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(row, f, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    os.replace(tmp, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
