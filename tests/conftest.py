@@ -33,3 +33,8 @@ def require_or_skip(module: str, group: str):
         import importlib
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--lambda-bench-large", action="store_true", default=False,
+                     help="tests/benchmarks/test_models.py: models at their published size, layers at 56x56")

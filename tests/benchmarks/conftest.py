@@ -19,3 +19,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "benchmarks" in item.nodeid.split("::")[0].split("/"):
             item.add_marker(skip)
+
