@@ -1,0 +1,67 @@
+"""Where and how the run was measured (env.json), what was not measured and why, and the command
+that reproduces it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from .doc import Code, Heading, Table, Text
+
+HEADING = "Environment and caveats"
+
+
+def _gpus(env: dict) -> str:
+    gpus = env.get("gpus") or []
+    return "; ".join(f"{g.get('name')} ({(g.get('memory_bytes') or 0) / 2**30:.0f} GiB, driver {g.get('driver')}, "
+                     f"CUDA {g.get('cuda_driver')})" for g in gpus) or "none"
+
+
+def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for run_dir, env in envs:
+        env = env or {}
+        run_id = run_dir.rstrip("/").rsplit("/", 1)[-1]
+        threads = rows.loc[rows["run_id"] == run_id, "threads"].dropna().unique()
+        memory = env.get("memory_bytes")
+        out.append({
+            "run": run_dir, "env.json": "present" if env else "missing",
+            "timestamp": env.get("timestamp"), "host": env.get("host"), "platform": env.get("platform"),
+            "python": env.get("python"), "cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"),
+            "cpus_usable": env.get("cpus_usable"),
+            "memory_gib": round(memory / 2**30, 1) if memory else None, "gpus": _gpus(env),
+            "threads_in_rows": " ".join(str(int(t)) for t in sorted(threads)) or None,
+            "versions": ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
+            "git_commit": env.get("git_commit"),
+            "config": json.dumps(env.get("config") or {}, sort_keys=True, default=str),
+            "resumed": len(env.get("resumed") or []),
+        })
+    return pd.DataFrame(out)
+
+
+def section(rows: pd.DataFrame, envs: list[tuple[str, dict | None]], accuracy_source: str) -> list:
+    blocks: list = [Heading(HEADING), Table("environment", env_table(envs, rows), "Environment per run (env.json)")]
+    for run_dir, env in envs:
+        command = ((env or {}).get("config") or {}).get("command")
+        if command:
+            text = command if isinstance(command, str) else " ".join(map(str, command))
+            blocks += [Text(f"Command that reproduces {run_dir}:"), Code(text)]
+        else:
+            blocks.append(Text(f"{run_dir}: env.json records no command (config has no 'command' key); "
+                               "the sweep config above is what it ran."))
+    failed = rows[rows["status"] != "ok"]
+    cols = ["run_id", "case_id", "framework", "model", "mode", "image_size", "batch_size", "device_name",
+            "precision", "compile", "status", "error"]
+    blocks.append(Text(f"{len(failed)} of {len(rows)} cases were not measured (status other than ok); "
+                       "they are listed here with their error and appear with their status in the tables above."))
+    blocks.append(Table("not_measured", failed[cols], "Cases not measured, and why"))
+    recompiled = rows[(rows["recompilations"].fillna(0) > 0)]
+    if not recompiled.empty:
+        blocks.append(Table("recompilations", recompiled[cols[:10] + ["recompilations"]],
+                            "Caveat: recompilation inside the timed loop (the step time includes it)"))
+    sources = ", ".join(f"{s} ({n} rows)" for s, n in rows["mem_source"].fillna("not recorded").value_counts().items())
+    blocks.append(Text(f"Memory sources: {sources}. Accuracy: {accuracy_source}. Top-1 values are published "
+                       "numbers looked up by model and image size, never measured here."))
+    return blocks

@@ -1,0 +1,178 @@
+"""Speed against accuracy: the measured Pareto fronts, the paper's Figure 4, and the LambdaResNet vs
+EfficientNet speed-up at matched accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import figures
+from .accuracy import lookup, paper_figure4
+from .doc import Figure, Heading, Table, Text, slug
+from .runs import PANEL
+
+HEADING = "Pareto front: speed against accuracy"
+LAMBDA, EFFICIENTNET = "lambda_resnet", "efficientnet"
+# The paper's claim (arXiv abstract): training step time at equal accuracy, against the B6 and B7 points.
+PAPER_CLAIMS = {"efficientnet_b6": "4.4x at ≈84.0 top-1", "efficientnet_b7": "3.2x at ≈84.7 top-1"}
+# x axis per mode: the time axis (lower is better) or the throughput axis (higher is better)
+AXES = {"train": ("train_s_per_1024", "training step time for 1024 images (s, log)", True),
+        "infer": ("images_per_s", "inference throughput (images/s, log)", False)}
+
+
+def non_dominated(x: np.ndarray, y: np.ndarray, lower_x_better: bool = True) -> np.ndarray:
+    """True where no other point is at least as good on both axes and better on one (y: higher is better)."""
+    x = np.asarray(x, dtype=float) if lower_x_better else -np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.ones(len(x), dtype=bool)
+    for i in range(len(x)):
+        dominated_by = (x <= x[i]) & (y >= y[i]) & ((x < x[i]) | (y > y[i]))
+        keep[i] = not dominated_by.any()
+    return keep
+
+
+def time_at_accuracy(times: np.ndarray, top1: np.ndarray, target: float) -> float:
+    """Step time of the front at ``target`` top-1, interpolated linearly in log(time) between its
+    points; NaN outside the front's accuracy range."""
+    times, top1 = np.asarray(times, dtype=float), np.asarray(top1, dtype=float)
+    if len(times) == 0:
+        return float("nan")
+    on_front = non_dominated(times, top1)
+    front = pd.DataFrame({"t": times[on_front], "a": top1[on_front]}).groupby("a")["t"].min().sort_index()
+    if not front.index.min() <= target <= front.index.max():
+        return float("nan")
+    return float(np.exp(np.interp(target, front.index.to_numpy(), np.log(front.to_numpy()))))
+
+
+def speedups(points: pd.DataFrame) -> pd.DataFrame:
+    """Per EfficientNet point: the lambda front's interpolated time at its top-1 and the ratio.
+    ``points`` has family, model, image_size, train_s_per_1024, top1 (one setting)."""
+    lam = points[points["family"] == LAMBDA]
+    out = []
+    for _, eff in points[points["family"] == EFFICIENTNET].iterrows():
+        t = time_at_accuracy(lam["train_s_per_1024"], lam["top1"], eff["top1"])
+        if lam.empty:
+            why = "no LambdaResNet with a published top-1 measured in this setting"
+        elif np.isnan(t):
+            why = (f"top-1 {eff['top1']} outside the LambdaResNet front "
+                   f"({lam['top1'].min()}–{lam['top1'].max()})")
+        else:
+            why = ""
+        out.append({"efficientnet": eff["model"], "image_size": eff["image_size"], "top1": eff["top1"],
+                    "efficientnet_s_per_1024": eff["train_s_per_1024"], "lambda_s_per_1024_at_top1": t,
+                    "speedup": eff["train_s_per_1024"] / t, "why_no_speedup": why})
+    return pd.DataFrame(out, columns=["efficientnet", "image_size", "top1", "efficientnet_s_per_1024",
+                                      "lambda_s_per_1024_at_top1", "speedup", "why_no_speedup"])
+
+
+def paper_speedups() -> pd.DataFrame:
+    """The same interpolation on the paper's own Figure 4 points, next to the claims in its text."""
+    table = speedups(paper_figure4())
+    table["paper_claim"] = table["efficientnet"].map(PAPER_CLAIMS).fillna("")
+    return table
+
+
+def section(rows: pd.DataFrame, accuracy: pd.DataFrame) -> list:
+    models = lookup(rows[rows["kind"] == "model"], accuracy)
+    ok = models[(models["status"] == "ok") & models["top1"].notna()]
+    blocks: list = [Heading(HEADING), Text(
+        "x: measured speed (train rows: training step time for 1024 images, the axis of the paper's "
+        "Figure 4; infer rows: images/s), y: published top-1 looked up by (model, image size) in the "
+        "accuracy table. One line per family; ringed points are non-dominated (the Pareto front) within "
+        "the panel. Where a model ran at several batch sizes, its fastest one is plotted. Panels never "
+        "mix devices or precisions.")]
+    if ok.empty:
+        blocks.append(Text("No measured model (status ok) has a published top-1 at the image size it ran "
+                           "at, so there is no measured front. The measured model rows are listed below."))
+    for mode, (x, xlabel, lower_better) in AXES.items():
+        for key, group in ok[ok["mode"] == mode].groupby(PANEL, sort=True):
+            blocks.append(_front_figure(group, mode, key, x, xlabel, lower_better))
+    blocks += _speedup_blocks(ok)
+    blocks.append(_paper_figure())
+    blocks.append(Table("pareto_paper_speedup", paper_speedups(),
+                        "The paper's Figure 4 points, same interpolation: LambdaResNet speed-up over "
+                        "EfficientNet at equal top-1, next to the claims of its text"))
+    cols = ["device_name", "framework", "precision", "compile", "mode", "model", "family", "image_size",
+            "batch_size", "status", "train_s_per_1024", "images_per_s", "top1", "top1_source", "error"]
+    blocks.append(Table("pareto_measured", models[cols].sort_values(cols[:8], kind="stable"),
+                        "Every measured model row (non-ok rows included, with their status)"))
+    return blocks
+
+
+def _best_per_model(group: pd.DataFrame, x: str, lower_better: bool) -> pd.DataFrame:
+    group = group[group[x].notna() & (group[x] > 0)]
+    ordered = group.sort_values(x, ascending=lower_better, kind="stable")
+    return ordered.drop_duplicates(["family", "model", "image_size", "compile"]).reset_index(drop=True)
+
+
+def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: str, lower_better: bool) -> Figure:
+    plt, sns = figures.pyplot(), figures.seaborn()
+    points = _best_per_model(group, x, lower_better)
+    points["non_dominated"] = non_dominated(points[x], points["top1"], lower_better)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    style = "compile" if points["compile"].nunique() > 1 else None
+    sns.lineplot(data=points.sort_values(x), x=x, y="top1", hue="family", style=style, markers=True,
+                 sort=True, estimator=None, units=None, ax=ax, markersize=8)
+    front = points[points["non_dominated"]]
+    ax.scatter(front[x], front["top1"], s=220, facecolors="none", edgecolors="black", linewidths=1.3,
+               label="non-dominated", zorder=5)
+    for _, p in points.iterrows():
+        ax.annotate(figures.label(p["model"], p["image_size"]), (p[x], p["top1"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("published top-1 (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(figures.panel_title(f"Speed vs accuracy, {mode}", *key), fontsize=10)
+    cols = PANEL + ["compile", "family", "model", "image_size", "batch_size", x, "top1", "top1_source",
+                    "non_dominated"]
+    return Figure(slug("pareto", mode, *key), fig,
+                  f"Pareto front ({mode}): {' | '.join(map(str, key))}", points[cols])
+
+
+def _speedup_blocks(ok: pd.DataFrame) -> list:
+    train = ok[ok["mode"] == "train"]
+    tables = []
+    for key, group in train.groupby(PANEL + ["compile"], sort=True):
+        points = _best_per_model(group, "train_s_per_1024", True)
+        table = speedups(points)
+        for col, value in reversed(list(zip(PANEL + ["compile"], key))):
+            table.insert(0, col, value)
+        tables.append(table)
+    paper = paper_speedups().set_index("efficientnet")
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+    else:
+        table = pd.DataFrame(columns=PANEL + ["compile"] + list(speedups(pd.DataFrame(
+            columns=["family", "model", "image_size", "train_s_per_1024", "top1"])).columns))
+    table["paper_speedup_fig4"] = table["efficientnet"].map(paper["speedup"])
+    table["paper_claim"] = table["efficientnet"].map(PAPER_CLAIMS).fillna("")
+    measured = table["speedup"].notna().sum()
+    text = (f"Measured LambdaResNet speed-up over EfficientNet at matched top-1 ({measured} of "
+            f"{len(table)} EfficientNet points matched): the LambdaResNet front's training step time is "
+            "interpolated linearly in log(time) at each EfficientNet's top-1. The paper claims 3.2x-4.4x "
+            "(4.4x against B6 at ≈84.0, 3.2x against B7 at ≈84.7); paper_speedup_fig4 is the same "
+            "interpolation on its Figure 4 points.")
+    if table.empty:
+        text += (" This run has no EfficientNet training row with a published top-1, so there is "
+                 "nothing to match.")
+    return [Text(text), Table("pareto_speedup", table, "Measured speed-up at matched accuracy")]
+
+
+def _paper_figure() -> Figure:
+    plt, sns = figures.pyplot(), figures.seaborn()
+    points = paper_figure4()
+    points["non_dominated"] = non_dominated(points["train_s_per_1024"], points["top1"])
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    sns.lineplot(data=points, x="train_s_per_1024", y="top1", hue="family", marker="o", sort=True,
+                 estimator=None, ax=ax)
+    for _, p in points.iterrows():
+        name = p["model"].replace("lambda_resnet", "L").replace("efficientnet_", "")
+        ax.annotate(f"{name}@{p['image_size']}", (p["train_s_per_1024"], p["top1"]), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training step time for 1024 images (s, log)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Reference: Bello 2021 Figure 4 (read off the figure, ±0.05)\n"
+                 "the paper's device (32 TPUv3 cores, per reproductions) | the paper's framework and precision", fontsize=10)
+    return Figure("pareto_paper_figure4", fig, "The paper's Figure 4 points (reference, not measured)", points)

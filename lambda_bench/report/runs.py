@@ -1,0 +1,64 @@
+"""Loading one or several run directories for a report: rows, env.json, and the columns the report
+groups by."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .. import results, zoo
+
+# A panel never mixes these: numbers from different devices, frameworks or precisions are not comparable.
+PANEL = ["device_name", "framework", "precision"]
+# Everything that makes two measurements of one model comparable.
+SETTINGS = ["device_name", "device", "framework", "precision", "compile", "mode", "image_size", "batch_size"]
+FAILED = "status != 'ok'"
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, list[tuple[str, dict[str, Any] | None]]]:
+    """(rows of every run, [(run directory, env.json or None)]); ValueError naming a bad input."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("run_dirs: no run directory given")
+    for d in dirs:
+        if not d.exists():
+            raise ValueError(f"run directory {str(d)!r}: no such directory")
+        if not d.is_dir():
+            raise ValueError(f"run directory {str(d)!r}: not a directory")
+        if not (d / results.ROWS_FILE).exists():
+            raise ValueError(f"run directory {str(d)!r}: no {results.ROWS_FILE} there; not a lambda-bench run")
+    rows = results.load(dirs)
+    if rows.empty:
+        raise ValueError(f"run directories {', '.join(map(str, dirs))}: no result rows")
+    envs = []
+    for d in dirs:
+        path = d / results.ENV_FILE
+        try:
+            envs.append((str(d), json.loads(path.read_text()) if path.exists() else None))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return _complete(rows), envs
+
+
+def _complete(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fill what a row may lack (older or hand-written rows) from the registry, so grouping never
+    drops a row for a missing label."""
+    rows = rows.copy()
+    rows["status"] = rows["status"].fillna("unknown")
+    is_layer = rows["kind"].eq("layer") | (rows["kind"].isna() & rows["model"].isin(zoo.PRESETS))
+    rows["kind"] = rows["kind"].where(rows["kind"].notna(), is_layer.map({True: "layer", False: "model"}))
+    family = rows["model"].map(lambda m: zoo.family(zoo.MODELS[m]) if m in zoo.MODELS else None)
+    rows["family"] = rows["family"].fillna(family).fillna("other")
+    rows.loc[rows["kind"].eq("layer") & rows["mixer"].isna(), "mixer"] = rows["model"]
+    for col in ("device_name", "device", "framework", "precision", "compile", "mode"):
+        rows[col] = rows[col].fillna("?")
+    return rows
+
+
+def status_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in ("status", "error") if c in frame.columns]
