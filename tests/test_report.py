@@ -86,10 +86,21 @@ def run_dir(tmp_path_factory):
     return path
 
 
+# between the fixture's two LambdaResNets (78.3 and 78.4): the measured speed-up of B1 becomes defined
+USER_ACCURACY = "model,image_size,top1,source\nefficientnet_b1,240,78.35,my eval\n"
+
+
 @pytest.fixture(scope="module")
-def report(run_dir, tmp_path_factory):
+def user_accuracy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("accuracy") / "acc.csv"
+    path.write_text(USER_ACCURACY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, user_accuracy, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    md = render([run_dir], out)
+    md = render([run_dir], out, accuracy=user_accuracy)
     return out, md
 
 
@@ -185,24 +196,23 @@ def test_paper_speedup_reproduces_the_claim():
     assert paper.loc["efficientnet_b7", "speedup"] == pytest.approx(6.0 / 1.92)  # ~3.1x (claim 3.2x)
 
 
-def test_user_accuracy_overrides_paper(run_dir, tmp_path):
+def test_user_accuracy_overrides_paper(report, user_accuracy):
     paper = load_accuracy()
     assert paper.set_index(["model", "image_size"]).loc[("efficientnet_b1", 240), "top1"] == 79.1
-    user = tmp_path / "acc.csv"
-    # between the two LambdaResNets (78.3 and 78.4): the measured speed-up becomes defined
-    user.write_text("model,image_size,top1,source\nefficientnet_b1,240,78.35,my eval\n")
-    merged = load_accuracy(user).set_index(["model", "image_size"])
+    merged = load_accuracy(user_accuracy).set_index(["model", "image_size"])
     assert merged.loc[("efficientnet_b1", 240), "top1"] == 78.35
     assert merged.loc[("efficientnet_b1", 240), "source"] == "my eval"
     assert merged.loc[("resnet50", 224), "top1"] == 76.9
-    out = tmp_path / "report"
-    render([run_dir], out, accuracy=user)
-    speed = pd.read_csv(out / "tables" / "pareto_speedup.csv")
+    assert len(merged) == len(paper)
+    speed = table(report, "pareto_speedup")
     row = speed[(speed["efficientnet"] == "efficientnet_b1") & (speed["device_name"] == "Test CPU A")
                 & (speed["framework"] == "torch")].iloc[0]
     t_ccll, t_lambda, t_b1 = (1024 / (MODELS[m][3] / 3) for m in ("lambda_resnet50_ccll", "lambda_resnet50",
                                                                   "efficientnet_b1"))
+    assert row["top1"] == 78.35
     assert row["speedup"] == pytest.approx(t_b1 / math.sqrt(t_ccll * t_lambda))
+    b0 = speed[speed["efficientnet"] == "efficientnet_b0"]
+    assert b0["speedup"].isna().all() and b0["why_no_speedup"].str.contains("outside").all()
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -234,3 +244,26 @@ def test_bad_run_input(tmp_path):
         render([], tmp_path / "out")
     with pytest.raises(ValueError, match="missing.csv"):
         load_accuracy(tmp_path / "missing.csv")
+
+
+def test_no_accuracy_matched_models(tmp_path):
+    store = results.Store(tmp_path / "small")
+    store.append(_row(model="resnet50", family="resnet", kind="model", framework="torch", mode="train",
+                      image_size=64, batch_size=2, compile="eager", device="cpu", device_name="Test CPU A",
+                      status="ok", images_per_s=10.0, train_s_per_1024=102.4))
+    text = render([tmp_path / "small"], tmp_path / "out").read_text()
+    assert "No measured model (status ok) has a published top-1" in text
+    assert "| Test CPU A | torch | fp32 | eager | train | resnet50 | resnet | 64 |" in text  # still listed
+    assert "no layer rows" in text and "No model or layer was measured with the same settings" in text
+
+
+def test_screenshot_without_browser(tmp_path, monkeypatch, capsys):
+    from lambda_bench.report import screenshot
+
+    page = tmp_path / "report.html"
+    page.write_text("<html><body>x</body></html>")
+    monkeypatch.setitem(__import__("sys").modules, "playwright", None)  # import fails as if not installed
+    monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
+    assert screenshot.main([str(page), str(tmp_path / "shot.png")]) == 1
+    assert "no headless Chromium available" in capsys.readouterr().err
+    assert screenshot.main([str(tmp_path / "missing.html"), str(tmp_path / "shot.png")]) == 2

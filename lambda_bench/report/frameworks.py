@@ -48,7 +48,8 @@ def _figure(group: pd.DataFrame, device_name: str, precision: str) -> Figure:
             ax = axes[i][j]
             shown = data[(data["mode"] == mode) & data[metric].notna()]
             if not shown.empty:
-                sns.barplot(data=shown, x="case", y=metric, hue="runtime", ax=ax, errorbar=None)
+                sns.barplot(data=shown, x="case", y=metric, hue="runtime", ax=ax, errorbar=None,
+                            legend=(i, j) == (0, 0))  # one legend: the runtimes are the same in every panel
                 ax.tick_params(axis="x", labelrotation=30, labelsize=7)
             ax.set_xlabel("")
             ax.set_ylabel(label)

@@ -111,8 +111,11 @@ def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: st
     points["non_dominated"] = non_dominated(points[x], points["top1"], lower_better)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     style = "compile" if points["compile"].nunique() > 1 else None
-    sns.lineplot(data=points.sort_values(x), x=x, y="top1", hue="family", style=style, markers=True,
-                 sort=True, estimator=None, units=None, ax=ax, markersize=8)
+    hue_order = sorted(points["family"].unique())
+    # lines join a family's points in speed order; markers drawn apart so a lone point still shows
+    sns.lineplot(data=points.sort_values(x), x=x, y="top1", hue="family", hue_order=hue_order, style=style,
+                 sort=True, estimator=None, ax=ax, legend=False)
+    sns.scatterplot(data=points, x=x, y="top1", hue="family", hue_order=hue_order, style=style, s=60, ax=ax)
     front = points[points["non_dominated"]]
     ax.scatter(front[x], front["top1"], s=220, facecolors="none", edgecolors="black", linewidths=1.3,
                label="non-dominated", zorder=5)
