@@ -4,8 +4,6 @@ that reproduces it."""
 from __future__ import annotations
 
 import json
-from typing import Any
-
 import pandas as pd
 
 from .doc import Code, Heading, Table, Text

@@ -177,5 +177,6 @@ def _paper_figure() -> Figure:
     ax.set_xlabel("training step time for 1024 images (s, log)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Reference: Bello 2021 Figure 4 (read off the figure, ±0.05)\n"
-                 "the paper's device (32 TPUv3 cores, per reproductions) | the paper's framework and precision", fontsize=10)
+                 "the paper's device (32 TPUv3 cores, per reproductions) | the paper's framework and precision",
+                 fontsize=10)
     return Figure("pareto_paper_figure4", fig, "The paper's Figure 4 points (reference, not measured)", points)

@@ -30,8 +30,9 @@ def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | 
     accuracy_source = ("lambda_bench/data/accuracy.csv (Bello 2021 Tables 3, 4, 12, Figure 4)"
                        + (f", overridden by {accuracy}" if accuracy else ""))
     runs = ", ".join(Path(d).name for d, _ in envs)
+    devices = ", ".join(sorted(rows["device_name"].unique()))
     blocks = [Text(f"Runs: {', '.join(d for d, _ in envs)}; {len(rows)} result rows "
-                   f"({(rows['status'] == 'ok').sum()} ok). Devices: {', '.join(sorted(rows['device_name'].unique()))}; "
+                   f"({(rows['status'] == 'ok').sum()} ok). Devices: {devices}; "
                    f"frameworks: {', '.join(sorted(rows['framework'].unique()))}.")]
     blocks += pareto.section(rows, accuracy_table)
     blocks += scaling.section(rows)

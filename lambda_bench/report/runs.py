@@ -15,7 +15,6 @@ from .. import results, zoo
 PANEL = ["device_name", "framework", "precision"]
 # Everything that makes two measurements of one model comparable.
 SETTINGS = ["device_name", "device", "framework", "precision", "compile", "mode", "image_size", "batch_size"]
-FAILED = "status != 'ok'"
 
 
 def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, list[tuple[str, dict[str, Any] | None]]]:
@@ -59,6 +58,3 @@ def _complete(rows: pd.DataFrame) -> pd.DataFrame:
         rows[col] = rows[col].fillna("?")
     return rows
 
-
-def status_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in ("status", "error") if c in frame.columns]

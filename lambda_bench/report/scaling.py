@@ -40,7 +40,7 @@ def fit_exponent(image_size: np.ndarray, value: np.ndarray) -> float:
 def slopes(layers: pd.DataFrame) -> pd.DataFrame:
     out = []
     ok = layers[layers["status"] == "ok"]
-    for key, group in ok.groupby(GROUP + ["mode", "mixer"], sort=True):
+    for key, group in ok.groupby(GROUP + ["mode", "mixer"], sort=True, dropna=False):
         row = dict(zip(GROUP + ["mode", "mixer"], key))
         name, space, space_exp, time, time_exp = COMPLEXITY.get(row["mixer"], ("", "", np.nan, "", np.nan))
         sizes = sorted(group["image_size"].dropna().astype(int).unique())
@@ -59,7 +59,7 @@ def slopes(layers: pd.DataFrame) -> pd.DataFrame:
 def limits(layers: pd.DataFrame) -> pd.DataFrame:
     """Per mixer and setting: the largest size that ran and the smallest size of each failure."""
     out = []
-    for key, group in layers.groupby(GROUP + ["mode", "mixer"], sort=True):
+    for key, group in layers.groupby(GROUP + ["mode", "mixer"], sort=True, dropna=False):
         row = dict(zip(GROUP + ["mode", "mixer"], key))
         sizes = group["image_size"]
         row["largest_ok_size"] = sizes[group["status"] == "ok"].max()

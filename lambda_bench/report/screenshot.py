@@ -56,7 +56,8 @@ def _with_binary(html: Path, png: Path, width: int, height: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lambda_bench.report.screenshot", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lambda_bench.report.screenshot",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("html", type=Path, help="report.html")
     parser.add_argument("png", type=Path, help="the PNG to write")
     parser.add_argument("--width", type=int, default=1280)
