@@ -1,7 +1,8 @@
 """The harness boundary for TensorFlow: NumPy float32 NHWC and canonical weights in and out.
 
 The layer converts its own weights to and from the canonical layout (load_canonical / export_canonical);
-gradients go through the same conversion here.
+gradients go through the same conversion here. ``prepare()`` returns a TensorFlowStep, the measured
+step of lambda_bench.measure.steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from lambda_bench import specs
 from lambda_bench import weights as canonical
+from lambda_bench.measure import steps
 
 from implementations.tensorflow.lambda_layer import LambdaLayer
 
@@ -39,6 +41,139 @@ def _input(model: keras.layers.Layer, x: np.ndarray) -> tf.Tensor:
     """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text."""
     model.spec.check_input(np.shape(x), "NHWC")
     return tf.convert_to_tensor(x, tf.float32)
+
+
+_FLOP_COUNTER = "XLA cost analysis (TF HLO)"
+
+
+def _xla_cost_flops(hlo_text: str) -> int | None:
+    """FLOPs of an HLO module by XLA's cost analysis, through jaxlib (None where it is not installed)."""
+    try:
+        import jax
+        from jax._src.lib import xla_client as xc
+    except ImportError:
+        return None
+    module = xc.hlo.hlo_module_from_text(hlo_text)
+    return int(xc._xla.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)["flops"])
+
+
+class TensorFlowStep:
+    """One measured step of a TensorFlow model (the object described in lambda_bench.measure.steps).
+
+    Built by FrameworkBackend.prepare(): the model, the synthetic batch, the momentum buffers and the
+    step function all live on one device (``/CPU:0`` or ``/GPU:0``) and are created before any call.
+
+    - infer: ``model(x, training=False)``; the step ends by reading the sum of the output to the host.
+    - train: forward in training mode under a GradientTape (BatchNorm updates its running statistics),
+      the loss (models: mean sparse softmax cross-entropy of the logits; layers: 0.5 * mean(y**2)),
+      gradients of every parameter, then SGD with momentum as torch.optim.SGD
+      (``buf = momentum * buf + grad; p -= lr * buf``) by assign ops on buffers made here; the step
+      ends by reading the loss, which waits (control dependencies) for every update.
+    - compile: "eager" calls the Python step, "compiled" a tf.function, "xla" a
+      tf.function(jit_compile=True).
+    - precision: float32 only (prepare() raises steps.Unsupported for bf16: see there).
+    """
+
+    def __init__(self, model: keras.layers.Layer, case: Any, *, mode: str, compile: str, device: str, seed: int):
+        self.model, self.case = model, case
+        self.mode, self.compile_mode = mode, compile
+        self.device = device  # "/CPU:0" or "/GPU:0"
+        self._gpu = device.startswith("/GPU")
+        self._loss_value: tf.Tensor | None = None
+        self._output_value: tf.Tensor | None = None
+        self._flops: dict[str, Any] | None = None
+        x, labels = steps.synthetic_batch(case, seed)
+        model.spec.check_input(x.shape, "NHWC")
+        with tf.device(device):
+            # tf.identity places the tensor on the device (tf.constant alone stays on the host)
+            self._x = tf.identity(tf.constant(x, tf.float32))
+            self._labels = None if labels is None else tf.identity(tf.constant(labels, tf.int32))
+            self._params = [model.variable(name) for name in canonical.shapes(model.spec)
+                            if not canonical.is_buffer(name)]
+            self._momentum = ([tf.Variable(tf.zeros(p.shape, tf.float32), trainable=False,
+                                           name=f"momentum_{i}") for i, p in enumerate(self._params)]
+                              if mode == "train" else [])
+        python_step = self._train if mode == "train" else self._infer
+        if compile == "eager":
+            self._fn, self._traced = python_step, None
+        else:
+            self._fn = tf.function(python_step, jit_compile=(compile == "xla"), autograph=False)
+            self._traced = self._fn
+
+    # --- the step functions -----------------------------------------------------------------------
+
+    def _infer(self):
+        y = self.model(self._x, training=False)
+        return y, tf.reduce_sum(y)
+
+    def _loss(self, y):
+        if self._labels is not None:
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(self._labels, y))
+        return 0.5 * tf.reduce_mean(tf.square(y))
+
+    def _train(self):
+        with tf.GradientTape() as tape:
+            y = self.model(self._x, training=True)  # updates the running statistics
+            loss = self._loss(y)
+        grads = tape.gradient(loss, self._params)
+        updates = []
+        for param, buf, grad in zip(self._params, self._momentum, grads):
+            grad = tf.convert_to_tensor(grad)  # a gather's gradient is IndexedSlices
+            new_buf = buf.assign(steps.MOMENTUM * buf + grad)
+            updates.append(param.assign_sub(steps.LEARNING_RATE * new_buf))
+        with tf.control_dependencies(updates):
+            done = tf.identity(loss)
+        return y, done
+
+    # --- the contract -----------------------------------------------------------------------------
+
+    def step(self) -> None:
+        with tf.device(self.device):
+            y, scalar = self._fn()
+        scalar.numpy()  # synchronise: the host waits for the step's result
+        self._output_value = y
+        if self.mode == "train":
+            self._loss_value = scalar
+
+    @property
+    def traces(self) -> int:
+        return 0 if self._traced is None else int(self._traced.experimental_get_tracing_count())
+
+    def loss(self) -> float:
+        if self.mode != "train" or self._loss_value is None:
+            return float("nan")
+        return float(self._loss_value.numpy())
+
+    def reset_peak_memory(self) -> None:
+        if self._gpu:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        if self._gpu:
+            return (int(tf.config.experimental.get_memory_info("GPU:0")["peak"]),
+                    "tf.config.experimental.get_memory_info peak")
+        return None, ""
+
+    def count_flops(self) -> dict[str, Any]:
+        """XLA's cost analysis of the HLO of the inference forward (read by jaxlib; computed once)."""
+        if self._flops is None:
+            def infer(x):
+                return self.model(x, training=False)
+
+            forward = tf.function(infer, jit_compile=True, autograph=False)
+            with tf.device(self.device):
+                hlo = forward.experimental_get_compiler_ir(self._x)(stage="hlo")
+            flops = _xla_cost_flops(hlo)
+            note = ("counts elementwise ops too (1 flop each) besides 2 per multiply-add" if flops is not None
+                    else "needs jaxlib to analyse the HLO; not installed")
+            self._flops = {"flops": flops, "counter": _FLOP_COUNTER, "note": note}
+        return dict(self._flops)
+
+    def _output(self) -> np.ndarray:
+        """The latest step's model output as NumPy (for tests)."""
+        if self._output_value is None:
+            raise RuntimeError("no step has run yet")
+        return self._output_value.numpy()
 
 
 class FrameworkBackend:
@@ -81,6 +216,33 @@ class FrameworkBackend:
         for name, grad in zip(params, d_params):
             grads[name] = model.native_to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
         return y.numpy(), grads
+
+    def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
+                device: str = "cpu", seed: int = 0) -> TensorFlowStep:
+        """The measured step of ``case`` (lambda_bench.measure.steps); steps.Unsupported where this
+        machine lacks the device."""
+        steps.check_options(self.name, mode, precision, compile, device)
+        if device == "cuda":
+            if not tf.config.list_physical_devices("GPU"):
+                raise steps.Unsupported("device='cuda': tensorflow sees no GPU "
+                                        "(tf.config.list_physical_devices('GPU') is empty)")
+            where = "/GPU:0"
+        elif device == "tpu":
+            if not tf.config.list_physical_devices("TPU"):
+                raise steps.Unsupported("device='tpu': tensorflow sees no TPU "
+                                        "(tf.config.list_physical_devices('TPU') is empty)")
+            raise steps.Unsupported("device='tpu': this backend does not set up a TPUStrategy")
+        else:
+            where = "/CPU:0"
+        if precision == "bf16":
+            raise steps.Unsupported(
+                "precision='bf16': not implemented for tensorflow: Keras's mixed_bfloat16 policy does cast"
+                " these layers' inputs and variable reads, but then the BatchNorm statistics and the"
+                " lambda/attention softmaxes compute in bfloat16 too (autocast keeps them in float32), and"
+                " the lambda convolution's backward (tf.signal.rfft2d) takes float32 only")
+        with tf.device(where):
+            model = self.build(case.spec, seed)
+            return TensorFlowStep(model, case, mode=mode, compile=compile, device=where, seed=seed)
 
     def device_info(self) -> dict[str, Any]:
         gpus = tf.config.list_physical_devices("GPU")
