@@ -7,18 +7,26 @@ gradients go through the same conversion here.
 from __future__ import annotations
 
 import functools
+import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.core import ClosedJaxpr, Literal
 
 from implementations.jax.lambda_layer import LambdaLayer
 from lambda_bench import specs
 from lambda_bench import weights as canonical
+from lambda_bench.measure import steps
+
+try:
+    import optax  # a flax dependency: the loss of the measured train step
+except ImportError:  # pragma: no cover
+    optax = None
 
 
 def model_class(spec: Any) -> type:
@@ -59,6 +67,211 @@ def _forward_backward(model: nnx.Module, x: jax.Array, cotangent: jax.Array):
     grad_fn = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)  # model: its nnx.Params
     (_, y), (param_grads, input_grad) = grad_fn(model, x)
     return y, param_grads, input_grad
+
+
+# --- measured steps (lambda_bench.measure.steps) --------------------------------------------------
+
+_PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "tpu": "tpu"}
+# calls whose body is an ordinary closed jaxpr, inlined by the bf16 interpreter (inside the step's
+# jit an inner jit boundary changes nothing); any other higher-order primitive (custom_jvp_call for
+# relu/silu/softmax, custom_vjp_call, control flow) is bound as it is, so its body keeps float32
+_INLINED_CALLS = ("jit", "pjit", "closed_call", "core_call")
+
+
+def _step_device(device: str) -> Any:
+    """The first jax device of the platform ``device`` names; steps.Unsupported where there is none."""
+    platform = _PLATFORMS[device]
+    try:
+        devices = jax.devices(platform)
+    except Exception as error:  # RuntimeError "Unknown backend" / "failed to initialize", by version
+        raise steps.Unsupported(f"device={device!r}: jax has no {platform} backend here ({error})") from None
+    if not devices:
+        raise steps.Unsupported(f"device={device!r}: jax found no {platform} devices")
+    return devices[0]
+
+
+def _eval_bf16(jaxpr: Any, consts: list, args: list) -> list:
+    """Evaluate ``jaxpr`` (jax.core.eval_jaxpr's loop) with every convolution and matmul
+    (conv_general_dilated, dot_general) in bfloat16: operands cast to bfloat16, a bfloat16 result
+    cast back to the traced dtype (float32); every other operation exactly as traced. It only binds
+    primitives, so it differentiates: the backward convolutions and matmuls (the transposes of
+    these) run in bfloat16 too, on the cotangent cast to bfloat16."""
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, Literal) else env[v]
+
+    for var, val in zip(jaxpr.constvars, consts):
+        env[var] = val
+    for var, val in zip(jaxpr.invars, args):
+        env[var] = val
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        prim = eqn.primitive
+        if prim.name in _INLINED_CALLS and isinstance(eqn.params.get("jaxpr"), ClosedJaxpr):
+            inner = eqn.params["jaxpr"]
+            ans = _eval_bf16(inner.jaxpr, inner.consts, invals)
+        else:
+            params = eqn.params
+            autocast = prim in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p) and all(
+                jnp.issubdtype(v.dtype, jnp.floating) for v in invals)
+            if autocast:
+                invals = [v.astype(jnp.bfloat16) for v in invals]
+                params = dict(params, preferred_element_type=jnp.bfloat16)
+            with eqn.ctx.manager:
+                ans = prim.bind(*invals, **prim.get_bind_params(params))
+            if autocast:  # back to the traced dtype, so every other op sees what it was traced with
+                ans = ans.astype(eqn.outvars[0].aval.dtype)
+        if not prim.multiple_results:
+            ans = [ans]
+        for var, val in zip(eqn.outvars, ans):
+            env[var] = val
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _bf16_autocast(fn: Callable) -> Callable:
+    """``fn`` (arrays in, arrays out; float32) with its convolutions and matmuls in bfloat16: traced
+    to a jaxpr in float32, then run by _eval_bf16. Used inside the jitted step (traced once)."""
+    def wrapped(*args):
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        out = _eval_bf16(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+        return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+    return wrapped
+
+
+class JaxStep:
+    """One measured step of a case (the object lambda_bench.measure.steps describes), made by
+    FrameworkBackend.prepare().
+
+    The model is split once (nnx.split: graphdef, nnx.Param state, the rest: BatchStat running
+    statistics and constants); the step is ``jax.jit`` of a pure function of (params, rest,
+    momentum, x, labels) that nnx.merge-s the model inside the trace and returns the new state. The
+    state buffers are donated to the train step (the infer step reuses them: nothing is donated).
+
+    precision "bf16": the parameters stay float32 (the master copy, updated in float32). The models
+    cast their input to float32 on entry and lax.conv requires equal operand dtypes, so casting the
+    parameters and x to bfloat16 up front cannot run (ResNet / EfficientNet raise a TypeError).
+    Instead the forward is traced in float32 and re-run by an interpreter (_eval_bf16) that runs
+    every convolution and matmul (lax.conv_general_dilated, lax.dot_general: the projections, the
+    lambda / attention contractions, the classifier) on bfloat16 operands (the parameters and
+    activations, x where it enters the first conv or projection) to a bfloat16 result, cast back to
+    float32; their transposes in the backward run in bfloat16 likewise. Everything else runs in
+    float32 - BatchNorm (batch and running statistics), softmax in the lambda / attention layers,
+    activations, pooling, residual adds, the loss - as torch.autocast does it. A matmul inside a
+    custom_jvp function (none in these models) would stay float32.
+    """
+
+    def __init__(self, backend: "FrameworkBackend", case: Any, mode: str, precision: str, device: str, seed: int):
+        self.case, self.mode, self.precision = case, mode, precision
+        self.device = _step_device(device)
+        model = backend.build(case.spec, seed)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        x, labels = steps.synthetic_batch(case, seed)
+        self._traces = 0
+
+        def apply_fp32(params, rest, x, train):
+            # copy: fresh Variables at this trace level (the running statistics are updated under
+            # value_and_grad's trace, not the jit's one the state's Variables were made in)
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            y = model(x, train=train)
+            return y, nnx.split(model, nnx.Param, ...)[2]
+
+        def apply(params, rest, x, train):
+            if precision == "bf16":
+                y, new_rest = _bf16_autocast(functools.partial(apply_fp32, train=train))(params, rest, x)
+            else:
+                y, new_rest = apply_fp32(params, rest, x, train)
+            return y.astype(jnp.float32), new_rest
+
+        def infer(params, rest, x):
+            return apply(params, rest, x, False)[0]
+
+        def loss_fn(params, rest, x, labels):
+            y, new_rest = apply(params, rest, x, True)
+            if labels is None:  # a layer: half the mean square of its output
+                return 0.5 * jnp.mean(jnp.square(y)), new_rest
+            if optax is not None:
+                ce = optax.softmax_cross_entropy_with_integer_labels(y, labels)
+            else:
+                ce = -jnp.take_along_axis(jax.nn.log_softmax(y, axis=-1), labels[:, None], axis=-1)[:, 0]
+            return jnp.mean(ce), new_rest
+
+        def train(params, rest, momentum, x, labels):
+            (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, labels)
+            momentum = jax.tree.map(lambda m, g: steps.MOMENTUM * m + g, momentum, grads)
+            params = jax.tree.map(lambda p, m: p - steps.LEARNING_RATE * m, params, momentum)
+            return params, new_rest, momentum, loss
+
+        def counted(fn):
+            def traced(*args):
+                self._traces += 1  # Python: runs only while jax traces (a compilation follows)
+                return fn(*args)
+            return traced
+
+        put = functools.partial(jax.device_put, device=self.device)
+        self._params, self._rest = put(params), put(rest)
+        self._x = put(jnp.asarray(x))
+        self._labels = None if labels is None else put(jnp.asarray(labels))
+        self._forward = jax.jit(infer)  # uncounted, for _output()
+        self._out = None
+        self._loss = None
+        if mode == "train":
+            self._momentum = put(jax.tree.map(jnp.zeros_like, params))
+            self._step = jax.jit(counted(train), donate_argnums=(0, 1, 2))
+        else:
+            self._momentum = None
+            self._step = jax.jit(counted(infer))
+        self._infer_fp32 = jax.jit(lambda params, rest, x: apply_fp32(params, rest, x, False)[0])
+
+    @property
+    def traces(self) -> int:
+        return self._traces
+
+    def step(self) -> None:
+        if self.mode == "train":
+            self._params, self._rest, self._momentum, self._loss = self._step(
+                self._params, self._rest, self._momentum, self._x, self._labels)
+            jax.block_until_ready((self._params, self._rest, self._momentum, self._loss))
+        else:
+            self._out = jax.block_until_ready(self._step(self._params, self._rest, self._x))
+
+    def loss(self) -> float:
+        if self.mode != "train" or self._loss is None:
+            return math.nan
+        return float(self._loss)
+
+    def reset_peak_memory(self) -> None:
+        """A no-op: jax's allocator peak (memory_stats peak_bytes_in_use) cannot be reset."""
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        if self.device.platform == "cpu":
+            return None, ""
+        stats = self.device.memory_stats() or {}
+        if "peak_bytes_in_use" not in stats:
+            return None, ""
+        return int(stats["peak_bytes_in_use"]), "jax memory_stats peak_bytes_in_use (since process start: cannot be reset)"
+
+    def count_flops(self) -> dict[str, Any]:
+        """XLA's cost analysis of the compiled float32 inference forward of the batch."""
+        note = ("counts elementwise ops too (1 flop each) besides 2 per multiply-add; a convolution "
+                "only over the kernel taps inside the input (its zero padding not counted)")
+        try:
+            analysis = self._infer_fp32.lower(self._params, self._rest, self._x).compile().cost_analysis()
+        except Exception as error:  # a backend without cost analysis
+            return {"flops": None, "counter": "XLA cost analysis", "note": f"unavailable: {error}"}
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else {}
+        flops = (analysis or {}).get("flops")
+        return {"flops": None if flops is None else int(flops), "counter": "XLA cost analysis", "note": note}
+
+    # for tests: the state and the inference output now
+    def _output(self) -> np.ndarray:
+        """The inference forward (at the step's precision) of the current state, float32 NumPy."""
+        return np.asarray(self._forward(self._params, self._rest, self._x))
+
+    def _state(self) -> tuple[Any, Any]:
+        """(params, rest) as NumPy trees."""
+        return jax.tree.map(np.asarray, (self._params, self._rest))
 
 
 class FrameworkBackend:
@@ -109,6 +322,12 @@ class FrameworkBackend:
         grads.update({name: as_model.native_to_canonical(name, np.asarray(as_model.variable(name)[...]))
                       for name in canonical.shapes(model.spec) if not canonical.is_buffer(name)})
         return np.asarray(y), grads
+
+    def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
+                device: str = "cpu", seed: int = 0) -> JaxStep:
+        """A measured step of ``case`` (lambda_bench.measure.steps): built, split, put on the device."""
+        steps.check_options("jax", mode, precision, compile, device)
+        return JaxStep(self, case, mode, precision, device, seed)
 
     def device_info(self) -> dict[str, Any]:
         device = jax.devices()[0]
