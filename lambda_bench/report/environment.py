@@ -17,6 +17,14 @@ def _gpus(env: dict) -> str:
                      f"CUDA {g.get('cuda_driver')})" for g in gpus) or "none"
 
 
+def _short_config(config: dict) -> dict:
+    """The sweep config with its case list replaced by a count (the rows hold the cases)."""
+    cases = config.get("cases")
+    if isinstance(cases, list):
+        config = {**config, "cases": f"{len(cases)} cases"}
+    return config
+
+
 def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for run_dir, env in envs:
@@ -33,7 +41,7 @@ def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.Dat
             "threads_in_rows": " ".join(str(int(t)) for t in sorted(threads)) or None,
             "versions": ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
             "git_commit": env.get("git_commit"),
-            "config": json.dumps(env.get("config") or {}, sort_keys=True, default=str),
+            "config": json.dumps(_short_config(env.get("config") or {}), sort_keys=True, default=str),
             "resumed": len(env.get("resumed") or []),
         })
     return pd.DataFrame(out)

@@ -97,7 +97,10 @@ def section(rows: pd.DataFrame) -> list:
 
 def _figure(group: pd.DataFrame, key: dict) -> Figure:
     plt, sns = figures.pyplot(), figures.seaborn()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     modes = sorted(group["mode"].unique())
+    mixers = sorted(group["mixer"].unique())  # the same colour per mixer in every panel
     fig, axes = plt.subplots(len(METRICS), len(modes), figsize=(5.5 * len(modes), 7.5), squeeze=False)
     for j, mode in enumerate(modes):
         data = group[group["mode"] == mode].sort_values("image_size")
@@ -105,10 +108,14 @@ def _figure(group: pd.DataFrame, key: dict) -> Figure:
             ax = axes[i][j]
             shown = data[data[metric].notna()]
             if not shown.empty:
-                sns.lineplot(data=shown, x="image_size", y=metric, hue="mixer", marker="o", estimator=None,
-                             sort=True, ax=ax)
+                sns.lineplot(data=shown, x="image_size", y=metric, hue="mixer", hue_order=mixers, marker="o",
+                             estimator=None, sort=True, ax=ax)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
+                # ticks at the measured sizes, written as plain pixels (not 4x10^1)
+                ax.set_xticks(sorted(shown["image_size"].astype(int).unique()))
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("image size (pixels, log)")
             ax.set_ylabel(label + ", log")
             ax.set_title(mode, fontsize=9)
