@@ -3,13 +3,17 @@ torch NCHW and (out, in, 1, 1) projection kernels inside."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lambda_bench import specs
+from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
 from .lambda_layer import LambdaLayer
@@ -35,6 +39,123 @@ def model_class(spec: Any) -> type:
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+FLOP_COUNTER_NOTE = ("counts matrix products and convolutions (mm, addmm, bmm, baddbmm, einsum as the bmm it "
+                     "decomposes into, convolution), 2 per multiply-add; not elementwise ops, activations, "
+                     "softmax, pooling, BatchNorm or residual adds")
+
+
+class TorchStep:
+    """One measured step of a case (lambda_bench.measure.steps): the model, its batch (already on the
+    device, NCHW) and, in train mode, its SGD-with-momentum optimizer. Made by FrameworkBackend.prepare.
+
+    compile "compiled": torch.compile of the model (inductor); loss, backward and the optimizer step
+    stay eager. ``traces`` counts the graphs dynamo hands to this step's backend: 1 after the first
+    step without graph breaks, one more per recompilation. Caveat: dynamo's recompile limit (8 per code
+    object) still applies within a process, so interleaving steps of more than 8 live compiled steps of
+    one model class can make some of them fall back to eager silently (traces then stays put).
+    """
+
+    def __init__(self, module: nn.Module, case: Any, *, mode: str, precision: str, compile: str,
+                 device: torch.device, seed: int):
+        self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, device
+        self.module = module  # uncompiled: count_flops runs it, and it holds the parameters
+        self._traces = 0
+        if compile == "compiled":
+            # dynamo caches compiled code per code object (ResNet.forward, ...) and falls back to eager,
+            # silently, past config.recompile_limit (8) entries: without a reset, the ninth case of a
+            # family compiled in one process would run eager. Each compiled step starts clean; a step
+            # prepared before this one recompiles on its next call (its traces count that).
+            torch.compiler.reset()
+            self._forward = torch.compile(module, backend=self._counting_backend)
+        else:
+            self._forward = module
+        x, labels = steps.synthetic_batch(case, seed)
+        # once, before any timing: step() copies nothing from the host
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).contiguous()
+        self.labels = None if labels is None else torch.from_numpy(labels).to(device=device, dtype=torch.long)
+        self.optimizer = None
+        if mode == "train":
+            module.train()
+            self.optimizer = torch.optim.SGD(module.parameters(), lr=steps.LEARNING_RATE, momentum=steps.MOMENTUM)
+        else:
+            module.eval()
+        self._loss: torch.Tensor | None = None
+        self._out: torch.Tensor | None = None
+
+    def _counting_backend(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        """Inductor, counting each graph dynamo hands it (a first compile, a recompilation, or a
+        graph after a graph break)."""
+        self._traces += 1
+        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+
+    @property
+    def traces(self) -> int:
+        return self._traces
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loss_of(self, out: torch.Tensor) -> torch.Tensor:
+        if self.labels is not None:  # a model: logits (b, classes); cross-entropy in float32
+            return F.cross_entropy(out.float(), self.labels)
+        return 0.5 * out.float().square().mean()  # a layer: a synthetic regression loss
+
+    def step(self) -> None:
+        self._out = None  # the previous output is not kept alive into this step (its peak memory)
+        if self.mode == "infer":
+            with torch.inference_mode(), self._autocast():
+                self._out = self._forward(self.x)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                out = self._forward(self.x)
+                loss = self._loss_of(out)
+            loss.backward()
+            self.optimizer.step()
+            self._out, self._loss = out.detach(), loss.detach()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def loss(self) -> float:
+        """The latest train step's loss (NaN in infer mode, or before the first step)."""
+        if self._loss is None:
+            return math.nan
+        return float(self._loss)
+
+    def _output(self) -> np.ndarray:
+        """The latest step's forward output as NumPy float32, as the model returned it (NCHW for a layer)."""
+        if self._out is None:
+            raise RuntimeError("no step has run yet")
+        return self._out.detach().float().cpu().numpy()
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device)), "torch.cuda.max_memory_allocated"
+        return None, ""
+
+    def count_flops(self) -> dict[str, Any]:
+        """One forward of the batch (eval, inference mode, fp32, uncompiled) under FlopCounterMode.
+        The module's train/eval mode is restored afterwards, so the step does not recompile."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        training = self.module.training
+        self.module.eval()
+        try:
+            counter = FlopCounterMode(display=False)
+            with torch.inference_mode(), counter:
+                self.module(self.x)
+        finally:
+            self.module.train(training)
+        return {"flops": int(counter.get_total_flops()), "counter": "torch FlopCounterMode",
+                "note": FLOP_COUNTER_NOTE}
+
+
 class FrameworkBackend:
     name = "torch"
 
@@ -50,6 +171,20 @@ class FrameworkBackend:
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
         return model_class(spec)(spec, seed).to(device=DEVICE, dtype=DTYPES[dtype])
+
+    def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "eager",
+                device: str = "cpu", seed: int = 0) -> TorchStep:
+        """The measured step of ``case`` (lambda_bench.measure.steps): model and batch on ``device``."""
+        steps.check_options(self.name, mode, precision, compile, device)
+        if device == "tpu":
+            raise steps.Unsupported("device='tpu': this torch backend has no TPU support (no torch_xla path)")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise steps.Unsupported("device='cuda': torch.cuda.is_available() is False "
+                                    f"(no CUDA device or a CPU-only build, torch {torch.__version__})")
+        self.configure()  # TF32 off: fp32 means fp32
+        target = torch.device(device)
+        model = self.build(case.spec, seed).to(target)
+        return TorchStep(model, case, mode=mode, precision=precision, compile=compile, device=target, seed=seed)
 
     def load_weights(self, model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
         validate(model.spec, weights)
