@@ -111,14 +111,19 @@ class LambdaLayer(nn.Module):
 
         q = self.norm_q(self.to_q(x)).reshape(b, h, k, n)
         values = self.norm_v(self.to_v(x)).reshape(b, u, v, n)
-        content = None
-        if self.spec.content:
-            keys = self.to_k(x).reshape(b, u, k, n).softmax(dim=-1)  # over positions, per (u, k)
-            content = self._content_lambda(keys, values)
-        if self.spec.position == "none":
-            y = torch.matmul(q.transpose(2, 3), content[:, None])  # (b, h, n, v)
-        else:
-            y = self._position_output(q, values, content, height, width)
+        keys = self.to_k(x).reshape(b, u, k, n) if self.spec.content else None
+        # under bf16 autocast the projections run in bf16; the softmax and the lambdas (sums over
+        # every position) stay in fp32, as mixed precision for this layer is meant to
+        with torch.autocast(x.device.type, enabled=False):
+            q, values = _at_least_fp32(q), _at_least_fp32(values)
+            content = None
+            if self.spec.content:
+                keys = _at_least_fp32(keys).softmax(dim=-1)  # over positions, per (u, k)
+                content = self._content_lambda(keys, values)
+            if self.spec.position == "none":
+                y = torch.matmul(q.transpose(2, 3), content[:, None])  # (b, h, n, v)
+            else:
+                y = self._position_output(q, values, content, height, width)
         y = y.transpose(2, 3).reshape(b, h * v, height, width)  # (b, h, v, n): channel = head * |v| + value
         return self._avg_pool(y) if self.spec.stride == 2 else y
 
@@ -186,6 +191,11 @@ class LambdaLayer(nn.Module):
     def _avg_pool(self, y: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(y, self.spec.pool, stride=2, padding=pool_padding(self.spec.pool),
                             count_include_pad=False)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast's output) -> fp32; fp32 and fp64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class _LambdaConvolution(torch.autograd.Function):
