@@ -79,16 +79,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "threads": 2, "timeout_s": 240, "timing": {"warmup_steps": 1, "min_steps": 3, "min_time_s": 0.5},
         "groups": [
-            {"models": ["resnet26", "lambda_resnet26", "mhsa_resnet26", "sasa_resnet26", "axial_resnet26",
-                        "efficientnet_b0"],
-             "frameworks": ["torch", "tensorflow", "jax"], "image_sizes": [64], "batch_sizes": [2],
-             "modes": ["infer", "train"]},
-            {"models": ["resnet50", "lambda_resnet50", "efficientnet_b0", "efficientnet_b1"],
+            # the same small models in the three frameworks
+            {"models": ["resnet26", "lambda_resnet26", "efficientnet_b0"], "frameworks": ["torch", "tensorflow", "jax"],
+             "image_sizes": [64], "batch_sizes": [2], "modes": ["infer", "train"]},
+            {"models": ["mhsa_resnet26", "sasa_resnet26", "axial_resnet26"], "frameworks": ["torch"],
+             "image_sizes": [64], "batch_sizes": [2], "modes": ["infer", "train"]},
+            # models with published accuracies, at their published size: the Pareto front and Tables 3/4/12
+            {"models": ["resnet50", "lambda_resnet50", "lambda_resnet50_ccll", "efficientnet_b0", "efficientnet_b1",
+                        "efficientnet_b2"],
              "frameworks": ["torch"], "image_sizes": [None], "batch_sizes": [1], "modes": ["infer", "train"]},
-            {"models": list(_LAYERS), "frameworks": ["torch", "tensorflow", "jax"],
-             "image_sizes": [8, 16, 32], "batch_sizes": [2], "modes": ["train"]},
-            {"models": list(_LAYERS), "frameworks": ["torch"], "image_sizes": [48, 64], "batch_sizes": [2],
+            {"models": ["mhsa_resnet50", "sasa_resnet50", "axial_resnet50"], "frameworks": ["torch"],
+             "image_sizes": [224], "batch_sizes": [1], "modes": ["infer"]},
+            # every mixer at layer level over several resolutions: the scaling study
+            {"models": list(_LAYERS), "frameworks": ["torch"], "image_sizes": [8, 16, 32, 64], "batch_sizes": [2],
              "modes": ["train"]},
+            {"models": list(_LAYERS), "frameworks": ["tensorflow", "jax"], "image_sizes": [16, 32],
+             "batch_sizes": [2], "modes": ["train"]},
         ],
     },
     # the paper's configurations: ResNet-50 variants at 224, LambdaResNets and EfficientNets at their
@@ -138,8 +144,10 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
     groups = config.get("groups") or [{}]
     if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
         raise ValueError("groups: must be a list of tables ([[groups]] in TOML)")
-    threads = config.get("threads")
-    _positive("threads", threads, allow_none=True)
+    # every framework gets the same CPU threads, recorded in each row: all the cores this process
+    # may use unless the config says otherwise
+    threads = config.get("threads") or usable_cpus()
+    _positive("threads", threads)
     timeout = config.get("timeout_s", 600.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout_s={timeout!r}: must be a positive number of seconds")
@@ -213,6 +221,10 @@ def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterab
         for compile_mode in (compiles or [DEFAULT_COMPILE[fw]]):
             if compile_mode in steps.COMPILE_MODES[fw]:
                 yield Case(model, fw, int(size), int(batch), mode, precision, compile_mode, device, threads)
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def load_config(path: Path | str) -> dict[str, Any]:
