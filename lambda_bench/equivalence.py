@@ -9,6 +9,36 @@ the anchor on
   - the gradient of sum(output * cotangent) in train mode, w.r.t. the input and every parameter,
   - the BatchNorm running statistics after that one training step.
 The error of a tensor is max|ours - ref| / max|ref| (max|ours - ref| where the reference is all zero).
+
+A layer is checked in float32 (TOLERANCES["float32"]): every tensor within it. A model is checked in
+two stages, each framework in both:
+
+  float64  the framework's model built in float64 (build(spec, seed, dtype="float64")) against the
+           anchor: the proof that the frameworks compute the same function, free of float32 rounding.
+  float32  the framework's float32 model (what is benchmarked) against the anchor.
+
+Deep train-mode networks are ill-conditioned (a ReLU a rounding away from its kink; train-mode
+BatchNorm over a few values per channel in the last stages): float32 rounding, amplified, moves some
+gradients and running statistics by up to order 1 in every framework alike, torch float32 included.
+So that error is measured, not assumed: the anchor is run again on its input times (1 + eps * u), u
+uniform in [-1, 1], eps the format's rounding (2**-24 for float32, 2**-53 for float64), and every
+weight and running statistic likewise (so a perturbation of rounding size enters at every layer, as
+rounding does); the distance the perturbed anchor moves a tensor (same metric) is that tensor's
+*sensitivity* in that format. A tensor passes a stage when
+
+  - its error is within the stage's tolerance (tolerance_for: tight, depth-scaled), or
+  - it is not the eval output, and its error is within ROUNDING_FACTOR (10) times its sensitivity:
+    "rounding-limited", reported as such, not a failure. That covers the gradients, the running
+    statistics after the step, their L2 row, and the train-mode output (batch statistics over a few
+    values per channel: torch float32 itself is 3.4e-3 off on LambdaResNet-50 at 64 px). The eval
+    output (running statistics: well conditioned) must meet the tolerance.
+
+A model passes when every tensor passes in both stages for every framework: the float64 stage is
+the proof of equivalence (errors 1e-14..1e-9 where the network is well conditioned), the float32
+stage shows the benchmarked models match too wherever float32 can tell. An implementation bug
+fails both: ``perturb`` (a 1e-3 change of one weight) moves tensors by far more than ten times what
+rounding does, in float64 by many orders of magnitude. ``float64=False`` skips the float64 stage
+(then float32 rows only; rounding-limited tensors are unproven).
 """
 
 from __future__ import annotations
@@ -28,7 +58,26 @@ from .zoo import Case
 # Worst relative error allowed per tensor, by compute precision. Only float32 is checked today
 # (TF32 off, JAX matmul precision "highest"). The others are the bars a reduced-precision check
 # will use: a few units of the format's epsilon, amplified by the sums over positions.
-TOLERANCES = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
+# float64: the float64 stage of a model (scaled like float32, see tolerance_for). Measured float64
+# errors against the torch float64 anchor: outputs 1e-14..1e-11, gradients 1e-13..2e-9 where the
+# network is well conditioned (ResNet-26 at 32 px); 1e-9 keeps that with room and is still ~1e5
+# below what a 1e-3 change of one weight does (the --perturb self-test: 1e-5..1e-2).
+TOLERANCES = {"float64": 1e-9, "float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
+
+# The rounding unit of each checked format: the relative size of the perturbation of the anchor's
+# input and weights that measures a model tensor's sensitivity (the module docstring).
+ROUNDING = {"float32": 2.0 ** -24, "float64": 2.0 ** -53}
+
+# A tensor (not the eval output) whose error is within ROUNDING_FACTOR times its measured sensitivity
+# is rounding-limited. A probe perturbs the input and the weights once each, by one rounding; a
+# framework rounds at every operation, several times per layer, so its error runs a few times the
+# probe's movement: measured on LambdaResNet-50 (64 px, batch 2; ~220 rounding-limited tensors per
+# framework) error / sensitivity of one probe has median 2.2, 99th percentile 5-6, maximum 18 (a
+# discrete event - a ReLU or BatchNorm flip - that one probe happened to miss). The sensitivity is
+# therefore the largest movement over ROUNDING_PROBES independent probes, and 10 is the bar; a bug's
+# error is larger by orders of magnitude (and the float64 stage catches it regardless).
+ROUNDING_FACTOR = 10.0
+ROUNDING_PROBES = 3
 
 # Images in the batch whose statistics become a model's running statistics: with the checked batch
 # (2 at 64 px) the last stages' variances come from 8 numbers per channel, some near zero, and eval
@@ -44,12 +93,8 @@ MODEL_TOLERANCE_FACTOR = 10.0
 # Train-mode gradients of a whole ReLU network are not a float32-stable quantity: a pre-activation
 # within rounding of zero flips a ReLU (measured: one element of ResNet-26's last block is -1.0e-6
 # in float64 and +2.1e-5 in float32, moving layer4.1.bn3.bias's gradient by 9e-2 in all three
-# frameworks alike; perturbing the float64 input by 1e-6 moves gradients by 1e-2 to 3e-1). A model's
-# gradients are therefore checked as a whole (L2 over all parameter gradients) and each tensor only
-# loosely: enough to catch a wrong, missing or transposed gradient (errors of order 1), not rounding.
-# Tight gradient checks are the layers' (1e-5 against the NumPy reference).
-MODEL_GRADIENT_TOLERANCE = 0.5
-MODEL_GRADIENT_NORM_TOLERANCE = 0.1
+# frameworks alike). Such tensors pass as rounding-limited (ROUNDING_FACTOR), and the float64 stage
+# checks them tightly; every parameter gradient together (L2 row) is checked the same way.
 
 # In a model, a gradient that is zero in exact arithmetic (the bias of a BatchNorm followed, through
 # a convolution, by a train-mode BatchNorm: each EfficientNet block's last one) comes out as rounding
@@ -63,18 +108,36 @@ _REQUIREMENTS = {"torch": ("torch",), "tensorflow": ("tensorflow",), "jax": ("ja
 
 @dataclass(frozen=True)
 class TensorCheck:
+    """One tensor of one framework in one stage. ``rounding_limit`` (ROUNDING_FACTOR times the
+    tensor's measured sensitivity; None where the rule does not apply) is a second bar: an error above
+    the tolerance but within it is rounding-limited, not a failure."""
     case: str
     framework: str
     tensor: str
     rel_error: float
     tolerance: float
+    stage: str = "float32"
+    rounding_limit: float | None = None
+
+    @property
+    def within_tolerance(self) -> bool:
+        return bool(self.rel_error <= self.tolerance)  # NaN fails
+
+    @property
+    def rounding_limited(self) -> bool:
+        return (not self.within_tolerance and self.rounding_limit is not None
+                and bool(self.rel_error <= self.rounding_limit))
 
     @property
     def ok(self) -> bool:
-        return bool(self.rel_error <= self.tolerance)  # NaN fails
+        return self.within_tolerance or self.rounding_limited
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.within_tolerance else "rounding-limited" if self.rounding_limited else "FAIL"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "ok": self.ok, "status": self.status}
 
 
 def tolerance_for(case: Case, precision: str = "float32") -> float:
@@ -145,27 +208,50 @@ def expected(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: 
 
 def observed(framework: str, case: Case, w: Mapping[str, np.ndarray], x: np.ndarray,
              cotangent: np.ndarray, *, seed: int = 0, threads: int | None = None,
-             dtype: str = "float32") -> dict[str, np.ndarray]:
+             dtype: str = "float32", jitter: tuple[float, int] | None = None) -> dict[str, np.ndarray]:
+    """Every checked tensor of ``framework``'s model built in ``dtype`` (inputs are cast to it).
+    ``jitter`` (eps, seed), torch only: every weight multiplied by (1 + eps * u) after loading."""
     backend = get_backend(framework)
     backend.configure(threads=threads)
     model = backend.build(case.spec, seed, dtype=dtype) if dtype != "float32" else backend.build(case.spec, seed)
     backend.load_weights(model, w)
+    if jitter is not None:
+        if framework != "torch":
+            raise ValueError(f"jitter: torch only, not {framework}")
+        _jitter_torch_model(model, w, *jitter)
     out = {"output (eval)": backend.forward(model, x, train=False)}
     y_train, grads = backend.forward_backward(model, x, cotangent)
     out["output (train)"] = y_train
     out.update({f"grad {name}": g for name, g in grads.items()})
     state = backend.export_weights(model)
-    out.update({f"after step {name}": state[name] for name in state if canonical.is_buffer(name)})
+    for name in state:
+        if canonical.is_buffer(name):
+            value = state[name]
+            if dtype == "float64" and value.dtype != np.float64:
+                # torch's export_canonical casts to float32: read the float64 buffer itself
+                value = _as_numpy(model.variable(name)).reshape(value.shape)
+            out[f"after step {name}"] = value
     return out
 
 
+def _as_numpy(variable) -> np.ndarray:
+    """A model variable's value (a torch tensor, a Keras variable, an nnx variable) as NumPy."""
+    if hasattr(variable, "detach"):
+        variable = variable.detach().cpu()
+    elif hasattr(variable, "get_value"):
+        variable = variable.get_value()
+    return np.asarray(variable)
+
+
 def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads: int | None = None,
-               precision: str = "float32", perturb: str | None = None) -> list[TensorCheck]:
-    """Compare each framework with the reference on ``case``.
+               precision: str = "float32", perturb: str | None = None, float64: bool = True) -> list[TensorCheck]:
+    """Compare each framework with the reference on ``case`` (the module docstring: a layer in float32;
+    a model in a float32 and, unless ``float64`` is False, a float64 stage, rows marked by ``stage``).
 
     ``perturb`` names a canonical weight that is changed (by 1e-3 of its scale) in the frameworks'
     copy only: a self-test that shows the check can fail.
     """
+    frameworks = list(frameworks)
     tolerance = tolerance_for(case, precision)
     w, x, cotangent = inputs(case, seed)
     ref = expected(case, w, x, cotangent)
@@ -175,26 +261,83 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
             raise ValueError(f"perturb={perturb!r}: not a weight of this layer; it has {', '.join(w)}")
         a = w[perturb]
         w_frameworks[perturb] = (a + 1e-3 * max(float(np.abs(a).max()), 1.0)).astype(np.float32)
-    rows = []
-    for fw in frameworks:
-        got = observed(fw, case, w_frameworks, x, cotangent, seed=seed, threads=threads)
-        missing = sorted(set(ref) - set(got))
-        extra = sorted(set(got) - set(ref))
-        if missing or extra:
-            raise RuntimeError(f"{fw}: checked tensors differ from the reference's: missing {missing}, extra {extra}")
-        if not case.is_model:
+    if not case.is_model:
+        rows = []
+        for fw in frameworks:
+            got = _observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed, threads=threads)
             rows.extend(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance) for t in ref)
-            continue
-        floor = parameter_gradient_scale(ref)
-        for t in ref:
-            if t.startswith("grad "):
-                rows.append(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t], floor), MODEL_GRADIENT_TOLERANCE))
-            else:
-                rows.append(TensorCheck(case.name, fw, t, relative_error(got[t], ref[t]), tolerance))
-        grads = [t for t in ref if t.startswith("grad ") and t != "grad input"]
-        rows.append(TensorCheck(case.name, fw, "grad (all parameters, L2)", l2_relative_error(
-            [got[t] for t in grads], [ref[t] for t in grads]), MODEL_GRADIENT_NORM_TOLERANCE))
+        return rows
+    stages = [(precision, tolerance)]
+    if float64:
+        stages.append(("float64", tolerance_for(case, "float64")))
+    rows = []
+    for stage, stage_tolerance in stages:
+        errors = {fw: model_errors(_observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed,
+                                                     threads=threads, dtype="float64" if stage == "float64" else "float32"),
+                                   ref) for fw in frameworks}
+        # the probes cost ROUNDING_PROBES anchor runs: only made when some tensor needs them
+        needed = stage in ROUNDING and any(e > stage_tolerance for fw_errors in errors.values()
+                                           for t, e in fw_errors.items() if t != "output (eval)")
+        limits = rounding_limits(case, w, x, cotangent, ref, ROUNDING[stage], seed=seed) if needed else {}
+        for fw in frameworks:
+            rows.extend(TensorCheck(case.name, fw, t, e, stage_tolerance, stage, limits.get(t))
+                        for t, e in errors[fw].items())
     return rows
+
+
+def _observed_checked(fw: str, case: Case, w, x, cotangent, ref, **kwargs) -> dict[str, np.ndarray]:
+    got = observed(fw, case, w, x, cotangent, **kwargs)
+    missing = sorted(set(ref) - set(got))
+    extra = sorted(set(got) - set(ref))
+    if missing or extra:
+        raise RuntimeError(f"{fw}: checked tensors differ from the reference's: missing {missing}, extra {extra}")
+    return got
+
+
+L2_ROW = "grad (all parameters, L2)"
+
+
+def model_errors(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The error of every checked tensor of a model (gradients on the ZERO_GRADIENT_FLOOR scale) and
+    of all parameter gradients together (L2_ROW)."""
+    floor = parameter_gradient_scale(ref)
+    errors = {t: relative_error(got[t], ref[t], floor if t.startswith("grad ") else 0.0) for t in ref}
+    grads = [t for t in ref if t.startswith("grad ") and t != "grad input"]
+    errors[L2_ROW] = l2_relative_error([got[t] for t in grads], [ref[t] for t in grads])
+    return errors
+
+
+def rounding_limits(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: np.ndarray,
+                    ref: Mapping[str, np.ndarray], eps: float, *, seed: int = 0) -> dict[str, float]:
+    """ROUNDING_FACTOR times each tensor's sensitivity to rounding of relative size ``eps``: how far
+    the anchor's tensors move (model_errors, the largest over ROUNDING_PROBES probes) when its input
+    and every weight and running statistic are multiplied by (1 + eps * u), u uniform in [-1, 1],
+    independent per element. A framework's rounding enters at every layer; the perturbed weights put
+    a perturbation of that size at every layer too (an input perturbation alone reaches the last
+    blocks too weakly: measured 100x below the float32 error of a last-block gradient). The eval
+    output gets none: it must meet the tolerance."""
+    worst: dict[str, float] = {}
+    for probe in range(ROUNDING_PROBES):
+        rng = np.random.default_rng([seed, 2, probe])
+        moved_x = np.asarray(x, np.float64) * (1.0 + eps * rng.uniform(-1.0, 1.0, np.shape(x)))
+        moved = observed("torch", case, w, moved_x, cotangent, dtype="float64",
+                         jitter=(eps, int(rng.integers(2 ** 31))))
+        for t, e in model_errors(moved, ref).items():
+            worst[t] = max(worst.get(t, 0.0), e)
+    return {t: ROUNDING_FACTOR * e for t, e in worst.items() if t != "output (eval)"}
+
+
+def _jitter_torch_model(model, names: Iterable[str], eps: float, seed: int) -> None:
+    """Multiply every canonical tensor of a torch float64 model by (1 + eps * u) in place (torch's
+    load_weights takes float32, which would round a float64 perturbation away)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name in names:
+            t = model.variable(name)
+            u = torch.from_numpy(rng.uniform(-1.0, 1.0, tuple(t.shape))).to(device=t.device, dtype=t.dtype)
+            t.mul_(1.0 + eps * u)
 
 
 def l2_relative_error(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:

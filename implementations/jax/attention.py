@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from implementations.jax.lambda_layer import as_float, assign
 from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention
@@ -67,7 +68,7 @@ class RelativeAttention(nnx.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width = self.spec.check_input(x.shape, "NHWC")
         h, dh = self.spec.heads, self.spec.dh
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.to_q.dtype)  # the parameters' dtype
         q = jnp.matmul(x, self.to_q[...], precision=HIGHEST).reshape(b, height, width, h, dh)  # channel = head * dh + j
         k = jnp.matmul(x, self.to_k[...], precision=HIGHEST)
         v = jnp.matmul(x, self.to_v[...], precision=HIGHEST)
@@ -160,7 +161,7 @@ class AxialAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.spec.check_input(x.shape, "NHWC")
-        y = self.height(jnp.asarray(x, jnp.float32))
+        y = self.height(jnp.asarray(x, self.height.to_q.dtype))
         y = self.width(y.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # rows as axis 1
         return _avg_pool(self.spec, y) if self.spec.stride == 2 else y
 
@@ -199,7 +200,7 @@ def _attribute_path(name: str) -> tuple[str, ...]:
 
 def _load_canonical(module: nnx.Module, weights) -> None:
     for name in attention_shapes(module.spec):
-        module.variable(name)[...] = jnp.asarray(_native_to_canonical(name, weights[name]))
+        assign(module.variable(name), _native_to_canonical(name, weights[name]))
 
 
 def _export_canonical(module: nnx.Module) -> dict[str, np.ndarray]:
@@ -209,5 +210,5 @@ def _export_canonical(module: nnx.Module) -> dict[str, np.ndarray]:
 def _native_to_canonical(name: str, a) -> np.ndarray:
     """flax layout -> canonical, and back (it is its own inverse): projections (in, out) <-> (out, in);
     the relative tables are the same in both."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     return np.ascontiguousarray(a.T if name.endswith(".weight") else a)

@@ -2,10 +2,16 @@
 
 The layer converts its own weights to and from the canonical layout (load_canonical / export_canonical);
 gradients go through the same conversion here.
+
+``build(spec, seed, dtype="float64")`` makes a float64 model (the float64 stage of
+lambda_bench.equivalence): built as usual, then every variable widened. JAX computes in float64 only
+under jax_enable_x64, so every call here on a float64 model runs inside ``jax.enable_x64(True)``, a
+scoped setting: the rest of the process keeps JAX's float32 defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -18,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Literal
 
-from implementations.jax.lambda_layer import LambdaLayer
+from implementations.jax.lambda_layer import LambdaLayer, widen
 from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
@@ -43,6 +49,22 @@ def model_class(spec: Any) -> type:
         from implementations.jax.efficientnet import EfficientNet
         return EfficientNet
     raise ValueError(f"spec of type {type(spec).__name__}: jax cannot build it")
+
+
+def _is_float64(model: nnx.Module) -> bool:
+    return any(np.dtype(v.dtype) == np.float64 for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Param))
+
+
+def _dtype(model: nnx.Module) -> np.dtype:
+    """The dtype inputs are given to ``model`` in: float64 for a float64 model, else float32."""
+    return np.dtype(np.float64 if _is_float64(model) else np.float32)
+
+
+def _precision(model: nnx.Module) -> Any:
+    """jax.enable_x64(True) for a float64 model (its arrays, and the computations on them, stay
+    float64 only there), else nothing."""
+    return jax.enable_x64(True) if _is_float64(model) else contextlib.nullcontext()
+
 
 def _backends_initialised() -> bool:
     from jax._src import xla_bridge  # private, but the only way to ask; XLA reads XLA_FLAGS once
@@ -296,24 +318,39 @@ class FrameworkBackend:
         else:
             self.threads = f"{threads} requested, not applied: XLA has no such flag (limit cores with taskset)"
 
-    def build(self, spec: Any, seed: int = 0) -> nnx.Module:
-        return model_class(spec)(spec, seed)
+    def build(self, spec: Any, seed: int = 0, dtype: str = "float32") -> nnx.Module:
+        """dtype "float64": every parameter and running statistic float64, and so every computation
+        (the layers cast their input to their parameters' dtype)."""
+        model = model_class(spec)(spec, seed)
+        if dtype == "float32":
+            return model
+        with jax.enable_x64(True):
+            return widen(model, dtype)
 
     def load_weights(self, model: nnx.Module, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
-        model.load_canonical(weights)
+        with _precision(model):
+            model.load_canonical(weights)
 
     def export_weights(self, model: nnx.Module) -> dict[str, np.ndarray]:
-        return model.export_canonical()
+        with _precision(model):
+            return model.export_canonical()
 
     def forward(self, model: nnx.Module, x: np.ndarray, train: bool = False) -> np.ndarray:
         model.spec.check_input(np.shape(x), "NHWC")  # here too: inside jit the error would be wrapped
-        return np.asarray(_forward(model, jnp.asarray(x, jnp.float32), train))
+        with _precision(model):
+            dtype = _dtype(model)
+            return np.asarray(_forward(model, jnp.asarray(np.asarray(x, dtype)), train))
 
     def forward_backward(self, model: nnx.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with _precision(model):
+            return self._forward_backward(model, x, cotangent)
+
+    def _forward_backward(self, model: nnx.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         model.spec.check_input(np.shape(x), "NHWC")
-        y, param_grads, input_grad = _forward_backward(model, jnp.asarray(x, jnp.float32),
-                                                       jnp.asarray(cotangent, jnp.float32))
+        dtype = _dtype(model)
+        y, param_grads, input_grad = _forward_backward(model, jnp.asarray(np.asarray(x, dtype)),
+                                                       jnp.asarray(np.asarray(cotangent, dtype)))
         # the gradients, put in a copy of the model in place of the parameters, go through the
         # model's own conversion to the canonical layout
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)

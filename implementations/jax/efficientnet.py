@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax.lambda_layer import BatchNorm
+from implementations.jax.lambda_layer import BatchNorm, as_float, assign
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
 
@@ -47,7 +47,7 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Ar
 def to_native_layout(name: str, a) -> np.ndarray:
     """Canonical -> this file's layout: conv (out, in, kh, kw) -> HWIO (depthwise (C, 1, k, k) ->
     (k, k, 1, C), the same transpose); classifier (classes, features) -> (features, classes)."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
     return np.ascontiguousarray(a.T if a.ndim == 2 else a)
@@ -55,7 +55,7 @@ def to_native_layout(name: str, a) -> np.ndarray:
 
 def to_canonical_layout(name: str, a) -> np.ndarray:
     """The inverse of to_native_layout."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(3, 2, 0, 1))
     return np.ascontiguousarray(a.T if a.ndim == 2 else a)
@@ -161,19 +161,19 @@ class EfficientNet(nnx.Module):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), converting the layouts."""
         for name in efficientnet_shapes(self.spec):
-            self.variable(name).set_value(jnp.asarray(to_native_layout(name, weights[name])))
+            assign(self.variable(name), to_native_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, np.asarray(self.variable(name)[...]))
                 for name in efficientnet_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout, float32."""
+        """A value (or gradient) of variable ``name`` in the canonical layout (float32, or float64 kept)."""
         return to_canonical_layout(name, a)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.spec.check_input(x.shape, "NHWC")
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.conv_stem.dtype)  # the parameters' dtype: float32, or float64
         y = jax.nn.silu(self.bn1(conv2d(x, self.conv_stem[...], 2), train))
         for stage in self.blocks:
             for block in stage:

@@ -30,7 +30,46 @@ from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, ini
                                   to_in_out_layout)
 
 HIGHEST = jax.lax.Precision.HIGHEST
+DTYPES = ("float32", "float64")
 FFT_MIN_AREA = 16 * 16  # lambda convolution gradients: FFT from this band area up (measured)
+
+
+def as_float(a) -> np.ndarray:
+    """``a`` as a NumPy array, float64 kept (a float64 model's values and gradients), anything else
+    float32 (the canonical weights' dtype)."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
+
+
+def assign(variable: nnx.Variable, value) -> None:
+    """Replace a variable's array by ``value`` in the variable's own dtype (float32 weights widen
+    exactly in a float64 model; a float64 array needs jax.enable_x64, which FrameworkBackend
+    scopes around a float64 model). set_value replaces the array: no scatter is compiled."""
+    variable.set_value(jnp.asarray(np.asarray(value, dtype=variable.dtype)))
+
+
+def keep_float64(convert, name: str, a) -> np.ndarray:
+    """lambda_bench.weights.to_in_out_layout / from_in_out_layout (``convert``), which cast to
+    float32, without that cast for a float64 array: the layout change is a permutation of the
+    elements, read off ``convert`` applied to their indices (exact in float32 below 2**24)."""
+    a = np.asarray(a)
+    if a.dtype != np.float64:
+        return convert(name, a)
+    if a.size > 2 ** 24:
+        raise ValueError(f"{name}: {a.size} elements, too many to permute by float32 indices")
+    index = convert(name, np.arange(a.size, dtype=np.float32).reshape(a.shape)).astype(np.int64)
+    return np.ascontiguousarray(a.reshape(-1)[index])
+
+
+def widen(model: nnx.Module, dtype: str) -> nnx.Module:
+    """``model`` with every floating variable (parameters and running statistics) cast to ``dtype``,
+    in place; the layers compute in their parameters' dtype. Call float64 inside jax.enable_x64."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
+    for _, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Variable) and np.issubdtype(variable.dtype, np.floating):
+            variable.set_value(jnp.asarray(np.asarray(variable.get_value(), dtype=dtype)))
+    return model
 
 
 class BatchNorm(nnx.Module):
@@ -92,14 +131,14 @@ class LambdaLayer(nnx.Module):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
         for name in lambda_shapes(self.spec):
-            self.variable(name)[...] = jnp.asarray(to_in_out_layout(name, weights[name]))
+            assign(self.variable(name), keep_float64(to_in_out_layout, name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, np.asarray(self.variable(name)[...])) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return from_in_out_layout(name, a)
+        return keep_float64(from_in_out_layout, name, a)
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""
@@ -109,7 +148,7 @@ class LambdaLayer(nnx.Module):
         b, height, width = self.spec.check_input(x.shape, "NHWC")
         spec = self.spec
         n, h, k, u, v = height * width, spec.heads, spec.k, spec.u, spec.v
-        xs = jnp.asarray(x, jnp.float32).reshape(b, n, spec.d_in)
+        xs = jnp.asarray(x, self.to_q.dtype).reshape(b, n, spec.d_in)  # the parameters' dtype
 
         q = self.norm_q(jnp.matmul(xs, self.to_q[...], precision=HIGHEST), train).reshape(b, n, h, k)
         values = self.norm_v(jnp.matmul(xs, self.to_v[...], precision=HIGHEST), train).reshape(b, n, u, v)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax.lambda_layer import BatchNorm, LambdaLayer
+from implementations.jax.lambda_layer import BatchNorm, LambdaLayer, as_float, assign
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
 
@@ -34,7 +34,7 @@ canonical_shapes = functools.lru_cache(maxsize=None)(resnet_shapes)  # specs are
 
 def canonical_to_native(name: str, a) -> np.ndarray:
     """Canonical -> this file's layout: conv kernels (out, in, kh, kw) -> HWIO, fc (out, in) -> (in, out)."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
     if a.ndim == 2:
@@ -224,12 +224,12 @@ class ResNet(nnx.Module):
             if mixer is not None:
                 mixers.setdefault(id(mixer), (mixer, {}))[1][local] = weights[name]
                 continue
-            self.variable(name)[...] = jnp.asarray(canonical_to_native(name, weights[name]))
+            assign(self.variable(name), canonical_to_native(name, weights[name]))
         for mixer, sub in mixers.values():
             mixer.load_canonical(sub)
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        """Float32 canonical weights, running statistics included."""
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, np.asarray(self.variable(name)[...]))
                 for name in canonical_shapes(self.spec)}
 
@@ -237,8 +237,8 @@ class ResNet(nnx.Module):
         """A value (or gradient) of variable ``name`` in the canonical layout."""
         mixer, local = self.mixer_of(name)
         if mixer is not None:
-            return np.asarray(mixer.native_to_canonical(local, a), dtype=np.float32)
-        a = np.asarray(a, dtype=np.float32)
+            return as_float(mixer.native_to_canonical(local, a))
+        a = as_float(a)
         if a.ndim == 4:
             return np.ascontiguousarray(a.transpose(3, 2, 0, 1))  # HWIO -> (out, in, kh, kw)
         if a.ndim == 2:
@@ -247,7 +247,7 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.spec.check_input(x.shape, "NHWC")
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.fc.weight.dtype)  # the parameters' dtype: float32, or float64
         x = self.maxpool(jax.nn.relu(self.bn1(self.conv1(x, train=train), train=train)))
         for name in self.stage_names:
             x = getattr(self, name)(x, train=train)

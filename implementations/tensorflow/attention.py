@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from implementations.tensorflow.lambda_layer import as_float, assign
 from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention
@@ -210,7 +211,7 @@ def _attribute_path(name: str) -> tuple[str, ...]:
 
 def _load_canonical(layer: keras.layers.Layer, weights) -> None:
     for name in attention_shapes(layer.spec):
-        layer.variable(name).assign(_native_to_canonical(name, weights[name]))
+        assign(layer.variable(name), _native_to_canonical(name, weights[name]))
 
 
 def _export_canonical(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
@@ -220,5 +221,5 @@ def _export_canonical(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
 def _native_to_canonical(name: str, a) -> np.ndarray:
     """Keras layout -> canonical, and back (it is its own inverse): projections (in, out) <-> (out, in);
     the relative tables are the same in both."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     return np.ascontiguousarray(a.T if name.endswith(".weight") else a)

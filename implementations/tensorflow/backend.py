@@ -18,7 +18,7 @@ from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
-from implementations.tensorflow.lambda_layer import LambdaLayer
+from implementations.tensorflow.lambda_layer import LambdaLayer, default_dtype
 
 
 def model_class(spec: Any) -> type:
@@ -38,9 +38,10 @@ def model_class(spec: Any) -> type:
 
 
 def _input(model: keras.layers.Layer, x: np.ndarray) -> tf.Tensor:
-    """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text."""
+    """Checked here as well as in the layer: Keras wraps errors raised in call() in its own text.
+    In the model's dtype (float32, or float64 for a float64 build)."""
     model.spec.check_input(np.shape(x), "NHWC")
-    return tf.convert_to_tensor(x, tf.float32)
+    return tf.convert_to_tensor(np.asarray(x, dtype=model.compute_dtype))
 
 
 _FLOP_COUNTER = "XLA cost analysis (TF HLO)"
@@ -188,8 +189,13 @@ class FrameworkBackend:
             except RuntimeError as exc:  # only possible before TensorFlow starts its runtime
                 warnings.warn(f"tensorflow threads={threads} not applied: {exc}", stacklevel=2)
 
-    def build(self, spec: Any, seed: int = 0) -> keras.layers.Layer:
-        return model_class(spec)(spec, seed)
+    def build(self, spec: Any, seed: int = 0, dtype: str = "float32") -> keras.layers.Layer:
+        """dtype "float64": every variable and every computation in float64 (the float64 stage of
+        lambda_bench.equivalence), the layers built under that Keras dtype policy."""
+        if dtype == "float32":
+            return model_class(spec)(spec, seed)
+        with default_dtype(dtype):
+            return model_class(spec)(spec, seed)
 
     def load_weights(self, model: keras.layers.Layer, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
@@ -210,7 +216,7 @@ class FrameworkBackend:
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = model(x, training=True)  # updates the running statistics
-            loss = tf.reduce_sum(y * tf.convert_to_tensor(cotangent, tf.float32))
+            loss = tf.reduce_sum(y * tf.convert_to_tensor(np.asarray(cotangent, dtype=y.dtype.as_numpy_dtype)))
         d_x, *d_params = tape.gradient(loss, [x, *params.values()])
         grads = {"input": d_x.numpy()}
         for name, grad in zip(params, d_params):

@@ -19,7 +19,7 @@ import tensorflow as tf
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
 
-from implementations.tensorflow.lambda_layer import BatchNorm
+from implementations.tensorflow.lambda_layer import BatchNorm, as_float, assign
 
 
 def conv2d(x, kernel, stride: int = 1):
@@ -39,7 +39,7 @@ def depthwise_conv2d(x, kernel, stride: int = 1):
 def to_native_layout(name: str, a) -> np.ndarray:
     """Canonical -> this file's layout: conv (out, in, kh, kw) -> HWIO; depthwise (C, 1, k, k) ->
     (k, k, C, 1); classifier (classes, features) -> (features, classes)."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(2, 3, 0, 1) if "conv_dw" in name else a.transpose(2, 3, 1, 0))
     return np.ascontiguousarray(a.T if a.ndim == 2 else a)
@@ -47,7 +47,7 @@ def to_native_layout(name: str, a) -> np.ndarray:
 
 def to_canonical_layout(name: str, a) -> np.ndarray:
     """The inverse of to_native_layout."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(2, 3, 0, 1) if "conv_dw" in name else a.transpose(3, 2, 0, 1))
     return np.ascontiguousarray(a.T if a.ndim == 2 else a)
@@ -167,14 +167,14 @@ class EfficientNet(keras.layers.Layer):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), converting the layouts."""
         for name in efficientnet_shapes(self.spec):
-            self.variable(name).assign(to_native_layout(name, weights[name]))
+            assign(self.variable(name), to_native_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, self.variable(name).numpy())
                 for name in efficientnet_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout, float32."""
+        """A value (or gradient) of variable ``name`` in the canonical layout (float32, or float64 kept)."""
         return to_canonical_layout(name, a)
 
     def call(self, x, training=False):

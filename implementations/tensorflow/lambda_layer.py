@@ -11,6 +11,7 @@ fixes, so a small BatchNorm below follows that convention exactly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import keras
@@ -31,6 +32,53 @@ if keras.backend.backend() != "tensorflow":
         f"Keras backend={keras.backend.backend()!r}: this layer computes with TensorFlow ops;"
         " set KERAS_BACKEND=tensorflow"
     )
+
+
+DTYPES = ("float32", "float64")
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: str):
+    """Keras layers constructed inside take ``dtype`` as their variable and compute dtype (a layer
+    reads Keras' global dtype policy when it is constructed, and each of ours builds its sublayers
+    then): ``dtype="float64"`` builds a whole model in float64. The previous global policy (unset,
+    by default: then it follows keras.config.floatx()) is restored on exit."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
+    from keras.src.backend.common import global_state  # keras.config.dtype_policy() would pin it
+
+    saved = global_state.get_global_attribute("dtype_policy", None)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("dtype_policy", saved)
+
+
+def as_float(a) -> np.ndarray:
+    """``a`` as a NumPy array, float64 kept (a float64 model's values and gradients), anything else
+    float32 (the canonical weights' dtype)."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
+
+
+def assign(variable, value) -> None:
+    """Set a Keras variable from NumPy in the variable's own dtype (float32 weights widen exactly in
+    a float64 model)."""
+    variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
+def keep_float64(convert, name: str, a) -> np.ndarray:
+    """lambda_bench.weights.to_in_out_layout / from_in_out_layout (``convert``), which cast to
+    float32, without that cast for a float64 array: the layout change is a permutation of the
+    elements, read off ``convert`` applied to their indices (exact in float32 below 2**24)."""
+    a = np.asarray(a)
+    if a.dtype != np.float64:
+        return convert(name, a)
+    if a.size > 2 ** 24:
+        raise ValueError(f"{name}: {a.size} elements, too many to permute by float32 indices")
+    index = convert(name, np.arange(a.size, dtype=np.float32).reshape(a.shape)).astype(np.int64)
+    return np.ascontiguousarray(a.reshape(-1)[index])
 
 
 class BatchNorm(keras.layers.Layer):
@@ -105,14 +153,14 @@ class LambdaLayer(keras.layers.Layer):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
         for name in lambda_shapes(self.spec):
-            self.variable(name).assign(to_in_out_layout(name, weights[name]))
+            assign(self.variable(name), keep_float64(to_in_out_layout, name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, self.variable(name).numpy()) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return from_in_out_layout(name, a)
+        return keep_float64(from_in_out_layout, name, a)
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""

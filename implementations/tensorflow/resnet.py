@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from implementations.tensorflow.lambda_layer import BatchNorm, LambdaLayer
+from implementations.tensorflow.lambda_layer import BatchNorm, LambdaLayer, as_float, assign
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
 
@@ -31,7 +31,7 @@ canonical_shapes = functools.lru_cache(maxsize=None)(resnet_shapes)  # specs are
 
 def canonical_to_native(name: str, a) -> np.ndarray:
     """Canonical -> this file's layout: conv kernels (out, in, kh, kw) -> HWIO, fc (out, in) -> (in, out)."""
-    a = np.asarray(a, dtype=np.float32)
+    a = as_float(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
     if a.ndim == 2:
@@ -232,12 +232,12 @@ class ResNet(keras.layers.Layer):
             if mixer is not None:
                 mixers.setdefault(id(mixer), (mixer, {}))[1][local] = weights[name]
                 continue
-            self.variable(name).assign(canonical_to_native(name, weights[name]))
+            assign(self.variable(name), canonical_to_native(name, weights[name]))
         for mixer, sub in mixers.values():
             mixer.load_canonical(sub)
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        """Float32 canonical weights, running statistics included."""
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, self.variable(name).numpy())
                 for name in canonical_shapes(self.spec)}
 
@@ -245,8 +245,8 @@ class ResNet(keras.layers.Layer):
         """A value (or gradient) of variable ``name`` in the canonical layout."""
         mixer, local = self.mixer_of(name)
         if mixer is not None:
-            return np.asarray(mixer.native_to_canonical(local, a), dtype=np.float32)
-        a = np.asarray(a, dtype=np.float32)
+            return as_float(mixer.native_to_canonical(local, a))
+        a = as_float(a)
         if a.ndim == 4:
             return np.ascontiguousarray(a.transpose(3, 2, 0, 1))  # HWIO -> (out, in, kh, kw)
         if a.ndim == 2:
