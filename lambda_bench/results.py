@@ -39,7 +39,7 @@ COLUMNS: dict[str, str] = {
     "device_name": "the CPU model or the accelerator's name",
     "threads": "CPU threads the worker was pinned to (same for every framework in a run)",
     "status": "ok, oom, crashed, timeout, unsupported, unavailable or error",
-    "error": "the error text when status is not ok",
+    "error": "the error text when status is not ok; for ok rows, warnings (recompilation, diverged loss)",
     "step_time_median_s": "median seconds per step (synchronised)",
     "step_time_iqr_s": "interquartile range of the step times",
     "step_time_p10_s": "10th percentile step time",
