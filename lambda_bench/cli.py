@@ -167,8 +167,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
               "max|ours - ref| / max|ref| per tensor; anchor: float64 reference, or torch float64 for models)")
         if any(r.rounding_limited for r in rows):
             print(f"rounding-limited: above the tolerance, within {equivalence.ROUNDING_FACTOR:g}x the distance the "
-                  "anchor's gradient/statistic moves when its input is perturbed by one rounding of that "
-                  "format (float32 rounding amplified by the network, not an implementation difference)")
+                  "anchor's tensor moves when its input and weights are perturbed by one rounding of that "
+                  "format (rounding amplified by the network, not an implementation difference)")
     return 0 if ok else 1
 
 
