@@ -229,7 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              threads=args.threads, timeout_s=args.timeout)
     sweep = runner.build_sweep(config, source)
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
-    command = "lambda-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.argv is None else args.argv
+    command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
     print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}", flush=True)
     started = time.perf_counter()
     run_dir = runner.run(sweep, out, resume=args.resume, command=command,
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out: skip the cases it holds")
     p.add_argument("--report", action="store_true", help="render the report of the run when it ends")
     p.add_argument("--report-dir", help="where --report writes (default reports/<run-id>)")
-    p.set_defaults(func=_cmd_run, argv=None)
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("flops", help="analytic FLOPs against each framework's own counter")
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command, recorded with a run
     try:
         return args.func(args)
     except ValueError as exc:  # bad input, framework missing: one line, exit 2

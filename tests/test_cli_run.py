@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lambda_bench import cli, results
@@ -32,7 +33,7 @@ def test_tiny_sweep_rows_are_complete(tiny_run, capsys):
     assert (frame.step_time_median_s <= frame.step_time_p90_s).all()
     assert (frame.n_steps >= 5).all() and (frame.threads == 2).all() and (frame.recompilations == 0).all()
     train = frame[frame["mode"] == "train"]
-    assert (train.train_s_per_1024 == pytest.approx(train.step_time_median_s * 512)).all()
+    assert np.allclose(train.train_s_per_1024, train.step_time_median_s * 512)
     torch_resnet = frame[(frame.framework == "torch") & (frame.model == "resnet26")]
     assert (torch_resnet.flops_counted == torch_resnet.flops_analytic).all()  # FlopCounterMode == analytic
     assert (frame.peak_mem_bytes > 0).all() and frame.mem_source.str.contains("RSS").all()
