@@ -158,7 +158,11 @@ def test_throughput_ratio_matches_rows(report):
     assert row["memory_vs_conv"] == pytest.approx(16_000_000 / 25_557_032)
     assert row["paper_throughput_vs_conv"] == pytest.approx(4980 / 7240)
     assert row["params_m"] == pytest.approx(16.0)
-    assert (t12["status"] == "not measured").sum() == 7  # the placements the fixture did not run
+    # the placements the fixture did not run; LLLL and CCCC are lambda_resnet50 and resnet50, measured
+    assert (t12["status"] == "not measured").sum() == 5
+    llll = t12[(t12["label"] == "LLLL") & (t12["framework"] == "jax") & (t12["device_name"] == "Test GPU B")
+               & (t12["mode"] == "infer")].iloc[0]
+    assert llll["throughput_vs_conv"] == pytest.approx(MODELS["lambda_resnet50"][3] / MODELS["resnet50"][3])
 
 
 def test_fitted_exponents(report):

@@ -17,6 +17,9 @@ BASELINES = {3: ("resnet50", "lambda_resnet50_cccc"), 4: ("resnet50", "lambda_re
 PAPER_COLUMNS = {3: ["params_m", "top1"], 4: ["space_complexity", "memory_gb", "throughput_ex_s", "top1",
                                               "published_status"],
                  12: ["throughput_ex_s", "paper_throughput_vs_conv", "top1"]}
+# the same network under two names (Table 12's LLLL is Table 3's lambda layer model, CCCC the ResNet-50)
+SAME_NETWORK = {"lambda_resnet50": "lambda_resnet50_llll", "lambda_resnet50_llll": "lambda_resnet50",
+                "resnet50": "lambda_resnet50_cccc", "lambda_resnet50_cccc": "resnet50"}
 MEASURED = ["status", "params_m", "images_per_s", "peak_mem_gb", "throughput_vs_conv", "memory_vs_conv",
             "conv_baseline", "error"]
 
@@ -42,7 +45,9 @@ def paper_vs_measured(table: int, rows: pd.DataFrame) -> pd.DataFrame:
     paper = paper[["label", "model"] + PAPER_COLUMNS[table] + ["note"]]
     paper = paper.rename(columns={c: f"paper_{c}" for c in PAPER_COLUMNS[table] if not c.startswith("paper_")})
     models = rows[rows["kind"] == "model"]
-    measured = models[models["model"].isin(paper["model"].dropna())].copy()
+    twins = models[models["model"].isin(list(SAME_NETWORK))].assign(model=lambda d: d["model"].map(SAME_NETWORK))
+    named = pd.concat([models, twins], ignore_index=True).drop_duplicates(["model"] + SETTINGS)
+    measured = named[named["model"].isin(paper["model"].dropna())].copy()
     measured["params_m"] = measured["params"].astype("float64") / 1e6
     measured["peak_mem_gb"] = measured["peak_mem_bytes"] / 1e9
     measured = measured.merge(baselines(models, BASELINES[table]), on=SETTINGS, how="left")
