@@ -165,7 +165,8 @@ class TensorFlowStep:
             with tf.device(self.device):
                 hlo = forward.experimental_get_compiler_ir(self._x)(stage="hlo")
             flops = _xla_cost_flops(hlo)
-            note = ("counts elementwise ops too (1 flop each) besides 2 per multiply-add" if flops is not None
+            note = ("counts elementwise ops too (1 flop each) besides 2 per multiply-add; a convolution only "
+                    "over the kernel taps inside the input (its zero padding not counted)" if flops is not None
                     else "needs jaxlib to analyse the HLO; not installed")
             self._flops = {"flops": flops, "counter": _FLOP_COUNTER, "note": note}
         return dict(self._flops)
