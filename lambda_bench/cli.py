@@ -219,9 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         name = args.preset or "quick"
         config, source = runner.preset(name), f"preset {name}"
     else:
-        config, source = {"groups": [{}]}, "command line"
-    if args.models and not args.config and args.preset is None:
-        config = {k: v for k, v in config.items() if k != "groups"}
+        config, source = {}, "command line"
     config = runner.override(config, models=_csv(args.models), frameworks=_csv(args.frameworks),
                              image_sizes=_int_list("--image-size", args.image_size),
                              batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),

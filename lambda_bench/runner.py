@@ -122,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # --- config -> cases ----------------------------------------------------------------------------
 
-def _as_list(key: str, value: Any) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple)):
@@ -161,7 +161,7 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
         raise ValueError(f"seed={seed!r}: must be a non-negative integer")
     timing = config.get("timing", {})
     if not isinstance(timing, Mapping):
-        raise ValueError("timing: must be a table of warmup_steps, min_steps, min_time_s, max_steps, max_time_s")
+        raise ValueError("timing: must be a table of warmup_steps, min_steps, min_time_s, max_steps")
     timing_fields = {f.name for f in dataclasses.fields(TimingConfig)}
     bad = sorted(set(timing) - timing_fields)
     if bad:
@@ -186,31 +186,31 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
 
 
 def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterable[Case]:
-    models = _as_list("models", group["models"])
+    models = _as_list(group["models"])
     if models == [None]:
         raise ValueError(f"{where}: no models given")
     for m in models:
         if m not in zoo.MODELS and m not in zoo.PRESETS:
             raise ValueError(f"model {m!r}: not registered; `lambda-bench list` and `lambda-bench models` name them")
-    frameworks = _as_list("frameworks", group["frameworks"] or list(FRAMEWORKS))
+    frameworks = _as_list(group["frameworks"] or list(FRAMEWORKS))
     for fw in frameworks:
         if fw not in FRAMEWORKS:
             raise ValueError(f"framework {fw!r}: must be one of {', '.join(FRAMEWORKS)}")
-    sizes = _as_list("image_sizes", group["image_sizes"])
-    batches = _as_list("batch_sizes", group["batch_sizes"] or [1])
+    sizes = _as_list(group["image_sizes"])
+    batches = _as_list(group["batch_sizes"] or [1])
     for s in sizes:
         _positive("image size", s, allow_none=True)
     for b in batches:
         _positive("batch size", b)
-    modes = _as_list("modes", group["modes"] or ["infer"])
-    precisions = _as_list("precisions", group["precisions"] or ["fp32"])
-    devices = _as_list("devices", group["devices"] or ["cpu"])
+    modes = _as_list(group["modes"] or ["infer"])
+    precisions = _as_list(group["precisions"] or ["fp32"])
+    devices = _as_list(group["devices"] or ["cpu"])
     for name, values, allowed in (("mode", modes, steps.MODES), ("precision", precisions, steps.PRECISIONS),
                                   ("device", devices, steps.DEVICES)):
         for v in values:
             if v not in allowed:
                 raise ValueError(f"{name} {v!r}: must be one of {', '.join(allowed)}")
-    compiles = _as_list("compiles", group["compiles"]) if group["compiles"] else None
+    compiles = _as_list(group["compiles"]) if group["compiles"] else None
     all_compiles = {c for modes_ in steps.COMPILE_MODES.values() for c in modes_}
     for c in compiles or ():
         if c not in all_compiles:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -117,6 +116,3 @@ class NvmlPeak:
     def peak(self) -> int | None:
         return None if self._sampler is None else self._sampler.stop()
 
-
-def describe() -> dict[str, Any]:
-    return {"rss_bytes": rss_bytes(), "clear_refs": _CLEAR_REFS.exists()}

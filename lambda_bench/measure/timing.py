@@ -19,17 +19,15 @@ class TimingConfig:
     min_steps: int = 5              # timed steps at least ...
     min_time_s: float = 1.0         # ... and at least this long in total ...
     max_steps: int = 1000           # ... but never more than this many
-    max_time_s: float = 60.0        # ... nor (after min_steps) longer than this
 
     def __post_init__(self) -> None:
         for name in ("warmup_steps", "min_steps", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"{name}={value!r}: must be an integer >= {0 if name == 'warmup_steps' else 1}")
-        for name in ("min_time_s", "max_time_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}={value!r}: must be a number >= 0")
+        value = self.min_time_s
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"min_time_s={value!r}: must be a number >= 0")
         if self.max_steps < self.min_steps:
             raise ValueError(f"max_steps={self.max_steps}: must be >= min_steps={self.min_steps}")
 
@@ -55,7 +53,7 @@ class Timing:
 def time_step(step: Callable[[], None], config: TimingConfig = TimingConfig(),
               traces: Callable[[], int] = lambda: 0, after_warmup: Callable[[], None] = lambda: None) -> Timing:
     """Time ``step``: the first call alone, ``warmup_steps`` untimed, then timed steps until both
-    ``min_steps`` and ``min_time_s`` are reached (capped by ``max_steps`` / ``max_time_s``).
+    ``min_steps`` and ``min_time_s`` are reached (capped by ``max_steps``; the worker's timeout bounds the rest).
 
     ``traces()`` is read before and after the timed loop: a difference is a recompilation inside
     it, reported rather than hidden. ``after_warmup()`` runs just before the timed loop (memory
@@ -77,7 +75,7 @@ def time_step(step: Callable[[], None], config: TimingConfig = TimingConfig(),
         n, elapsed = len(timing.times_s), clock() - loop_start
         if n >= config.max_steps:
             break
-        if n >= config.min_steps and (elapsed >= config.min_time_s or elapsed >= config.max_time_s):
+        if n >= config.min_steps and elapsed >= config.min_time_s:
             break
     timing.recompilations = traces() - traces_before
     return timing
