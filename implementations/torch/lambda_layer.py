@@ -145,16 +145,18 @@ class LambdaLayer(nn.Module):
             content = bias.expand(b, k, values.shape[2]) if content is None else content + bias
         table = self._relative_table(height, width)  # (2H-1, 2W-1, k, u)
         index = torch.from_numpy(relative_index(height, width)).to(q.device)
-        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
-        parts = []
-        for start in range(0, n, plan.chunk):
-            stop = min(n, start + plan.chunk)
-            args = (q[..., start:stop], table, index[start:stop], values)
-            if plan.lean and torch.is_grad_enabled():
-                parts.append(_Recomputed.apply(step, *args))
-            else:
-                parts.append(step(*args))
-        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        if plan.algorithm == "reordered":
+            y = self._reordered_chunk(q, table, index, values, plan.chunk, plan.lean)
+        else:
+            parts = []
+            for start in range(0, n, plan.chunk):
+                stop = min(n, start + plan.chunk)
+                args = (q[..., start:stop], table, index[start:stop], values)
+                if plan.lean and torch.is_grad_enabled():
+                    parts.append(_Recomputed.apply(self._lambdas_chunk, *args))
+                else:
+                    parts.append(self._lambdas_chunk(*args))
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         if content is not None:
             y = y + torch.matmul(q.transpose(2, 3), content[:, None])
         return y
@@ -169,16 +171,16 @@ class LambdaLayer(nn.Module):
         kernel = self.pos_conv.weight[:, :, crop_y:r - crop_y, crop_x:r - crop_x]  # cross-correlation
         return F.pad(kernel, (pad_x, pad_x, pad_y, pad_y)).permute(2, 3, 0, 1)
 
-    def _reordered_chunk(self, q, table, index, values) -> torch.Tensor:
-        """Queries with the embeddings first: P (b, h, c, u*m) = q E, then P V. q (b, h, k, c)."""
-        b, h, k, c = q.shape
+    def _reordered_chunk(self, q, table, index, values, chunk: int, lean: bool) -> torch.Tensor:
+        """Queries with the embeddings first: P (b, h, n, u*m) = q E, then P V, in chunks of ``chunk``
+        query positions (_ReorderedPosition: batched GEMMs on prepared layouts, and a backward pass
+        that sums the embeddings' gradient straight into the relative table). q (b, h, k, n)."""
+        b, h, k, n = q.shape
         u, v, m = values.shape[1], values.shape[2], values.shape[3]
-        emb = table.reshape(-1, k * u)[index]  # (c, m, k*u)
-        emb = emb.reshape(c, m, k, u).permute(0, 2, 3, 1).reshape(c, k, u * m)
-        p = torch.bmm(q.permute(3, 0, 1, 2).reshape(c, b * h, k), emb)  # (c, b*h, u*m)
-        p = p.reshape(c, b, h, u * m).permute(1, 2, 0, 3).reshape(b, h * c, u * m)
-        y = torch.bmm(p, values.permute(0, 1, 3, 2).reshape(b, u * m, v))  # (b, h*c, v)
-        return y.reshape(b, h, c, v)
+        qn = q.permute(3, 0, 1, 2).reshape(n, b * h, k).contiguous()  # (n, b*h, k)
+        table_uk = table.reshape(-1, k, u).transpose(1, 2).reshape(-1, u * k)  # rows (u, k)
+        vmu = values.permute(0, 3, 1, 2).reshape(b, m * u, v)  # (b, (m, u), v)
+        return _ReorderedPosition.apply(qn, table_uk, index, vmu, b, h, chunk, lean)
 
     def _lambdas_chunk(self, q, table, index, values) -> torch.Tensor:
         """The position lambdas of the chunk's queries (c, k, v per batch), then q^T lambda."""
@@ -235,7 +237,8 @@ class _LambdaConvolution(torch.autograd.Function):
         qn, images, kernel, bias, content = ctx.saved_tensors
         gy = gy.contiguous()
         g_q = torch.empty_like(qn)
-        g_images = torch.zeros_like(images)
+        u = images.shape[1]
+        g_planes = images.new_zeros(images.shape[0], u, height, width)  # the values' gradient, per (b, v)
         g_kernel = torch.zeros_like(kernel)
         g_lam_sum = qn.new_zeros(b, kernel.shape[0], v)  # sum over positions: the content / bias gradient
         for i, top in enumerate(range(0, height, rows)):
@@ -252,10 +255,10 @@ class _LambdaConvolution(torch.autograd.Function):
             del g_lam
             window = images[:, :, top:bottom + 2 * c]
             g_kernel += F.conv2d(window.transpose(0, 1), g_img.transpose(0, 1)).transpose(0, 1)
-            g_images[:, :, top:bottom + 2 * c] += _full_convolution(g_img, kernel)
+            lo, hi = max(0, top - c), min(height, bottom + c)
+            g_planes[:, :, lo:hi] += _full_convolution(g_img, kernel, top, height)
         ctx.lams = None
-        u = images.shape[1]
-        g_values = g_images[:, :, c:c + height, c:c + width].reshape(b, v, u, height * width).transpose(1, 2)
+        g_values = g_planes.reshape(b, v, u, height * width).transpose(1, 2)
         g_content = g_lam_sum if ctx.has_content else None
         g_bias = g_lam_sum.sum((0, 2)) if ctx.has_bias else None
         return (g_q.permute(0, 2, 3, 1), g_values, g_content, g_kernel, g_bias, None, None, None, None)
@@ -269,17 +272,91 @@ def _chunk_lambdas(images, kernel, bias, content, top, bottom, b, v) -> torch.Te
     return lam + content[:, None] if content is not None else lam.contiguous()
 
 
-def _full_convolution(g, kernel) -> torch.Tensor:
-    """(N, k, R, W) "full" convolution with the (k, u, r, r) kernel -> (N, u, R + r - 1, W + r - 1):
-    the lambda convolution's input gradient (before cropping the padding)."""
+def _full_convolution(g, kernel, top: int, height: int) -> torch.Tensor:
+    """The lambda convolution's input gradient from the (N, k, R, W) gradient of output rows
+    [top, top + R) and the (k, u, r, r) kernel: the "full" convolution, only at the image rows it
+    reaches, [max(0, top - r//2), min(height, top + R + r//2)), and the W image columns:
+    (N, u, rows, W). Below FFT_MIN_AREA it is a convolution with the roles swapped (the kernel as
+    the input, the gradient band as the filter: output channels N vectorise; mkldnn's transposed
+    convolution, k-to-u channels, ran 3x slower), above it an FFT."""
+    rows, width = g.shape[2], g.shape[3]
     r = kernel.shape[-1]
-    size = (g.shape[2] + r - 1, g.shape[3] + r - 1)
-    if g.shape[2] * g.shape[3] < FFT_MIN_AREA:
-        return F.conv_transpose2d(g, kernel)
+    c = r // 2
+    lo, hi = max(0, top - c) - (top - c), min(height, top + rows + c) - (top - c)  # band coordinates
+    if rows * width < FFT_MIN_AREA:
+        padded = F.pad(kernel.transpose(0, 1), (width - 1, width - 1, rows - 1, rows - 1))
+        padded = padded[:, :, lo:hi + rows - 1, c:c + 2 * width - 1]  # (u, k, .., 2W-1)
+        return F.conv2d(padded, g.flip(-1, -2)).transpose(0, 1)
+    size = (rows + r - 1, width + r - 1)
     spectrum = torch.fft.rfft2(g, s=size)  # (N, k, F1, F2)
     kernel_spectrum = torch.fft.rfft2(kernel, s=size)  # (k, u, F1, F2)
     product = torch.stack([(spectrum * kernel_spectrum[:, j]).sum(1) for j in range(kernel.shape[1])], 1)
-    return torch.fft.irfft2(product, s=size)
+    return torch.fft.irfft2(product, s=size)[:, :, lo:hi, c:c + width]
+
+
+class _ReorderedPosition(torch.autograd.Function):
+    """y[b, h, n, :] = sum_(m, u) P[b, h, n, (m, u)] V[b, (m, u), :] with P = q^T E[n]: the position
+    term without position lambdas. Per chunk of c query positions: E (c, m*u, k) gathered from the
+    relative table by index_select, P^T = E q (a GEMM per position), one transpose copy of P, then a
+    GEMM per batch row with V. ``lean`` keeps nothing of P for the backward pass (recomputed per
+    chunk); otherwise P is kept. The backward pass adds the embeddings' gradient of each chunk into
+    the relative table with index_add_ (autograd's gather backward, index_put_ with accumulation, is
+    4x slower), and never builds more than one chunk of E.
+
+    qn (n, b*h, k), table (R, u*k), index (n, m) int64, vmu (b, m*u, v) -> y (b, h, n, v)."""
+
+    @staticmethod
+    def forward(ctx, qn, table, index, vmu, b, h, chunk, lean):
+        n, _, k = qn.shape
+        mu, v = vmu.shape[1], vmu.shape[2]
+        y = qn.new_empty(b, h, n, v)
+        saved = []
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            p = _reordered_products(qn, table, index, start, stop, b, h, mu, k)  # (b, h*c, m*u)
+            y[:, :, start:stop] = torch.bmm(p, vmu).view(b, h, stop - start, v)
+            if not lean:
+                saved.append(p)
+        ctx.geometry = (b, h, chunk, lean)
+        ctx.products = saved
+        ctx.save_for_backward(qn, table, index, vmu)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        b, h, chunk, lean = ctx.geometry
+        qn, table, index, vmu = ctx.saved_tensors
+        n, bh, k = qn.shape
+        mu = vmu.shape[1]
+        g_qn = torch.empty_like(qn)
+        g_table = torch.zeros_like(table)
+        g_vmu = torch.zeros_like(vmu)
+        for i, start in enumerate(range(0, n, chunk)):
+            stop = min(n, start + chunk)
+            c = stop - start
+            p = (_reordered_products(qn, table, index, start, stop, b, h, mu, k) if lean
+                 else ctx.products[i])
+            g_c = gy[:, :, start:stop].reshape(b, h * c, -1)  # (b, h*c, v)
+            g_vmu += torch.bmm(p.transpose(1, 2), g_c)
+            del p
+            g_p = torch.bmm(g_c, vmu.transpose(1, 2))  # (b, h*c, m*u)
+            g_pt = g_p.view(b, h, c, mu).permute(2, 3, 0, 1).reshape(c, mu, bh)  # (c, m*u, b*h)
+            del g_p
+            rows = index[start:stop].reshape(-1)
+            emb = table.index_select(0, rows).view(c, mu, k)
+            g_qn[start:stop] = torch.bmm(g_pt.transpose(1, 2), emb)
+            g_emb = torch.bmm(g_pt, qn[start:stop])  # (c, m*u, k)
+            g_table.index_add_(0, rows, g_emb.view(rows.shape[0], -1))
+        ctx.products = None
+        return g_qn, g_table, None, g_vmu, None, None, None, None
+
+
+def _reordered_products(qn, table, index, start, stop, b, h, mu, k) -> torch.Tensor:
+    """P for query positions [start, stop): (b, h*c, m*u), rows (head, position)."""
+    c = stop - start
+    emb = table.index_select(0, index[start:stop].reshape(-1)).view(c, mu, k)  # (c, m*u, k)
+    pt = torch.bmm(emb, qn[start:stop].transpose(1, 2))  # (c, m*u, b*h)
+    return pt.view(c, mu, b, h).permute(2, 3, 0, 1).reshape(b, h * c, mu)
 
 
 class _Recomputed(torch.autograd.Function):
