@@ -30,6 +30,10 @@ def test_every_plan_matches_the_reference(framework, case_id, algorithm, memory,
     if framework == "torch":
         import implementations.torch.lambda_layer as tl
         monkeypatch.setattr(tl, "FFT_MIN_AREA", 0 if memory == "lean" else 10**9)  # both input-gradient paths
+    if framework == "jax":
+        import implementations.jax.lambda_layer as jl
+        for name in ("FFT_MIN_AREA", "FULL_FFT_MIN_AREA"):  # both paths of both gradients
+            monkeypatch.setattr(jl, name, 0 if memory == "lean" else 10**9)
     name, overrides = PLAN_CASES[case_id]
     case = zoo.get(name, **overrides)
     w, x, cot = equivalence.inputs(case, seed=3)

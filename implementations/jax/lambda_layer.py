@@ -31,7 +31,10 @@ from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, ini
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DTYPES = ("float32", "float64")
-FFT_MIN_AREA = 16 * 16  # lambda convolution gradients: FFT from this band area up (measured)
+FFT_MIN_AREA = 16 * 16  # lambda convolution kernel gradient: FFT from this band area up (measured)
+FULL_FFT_MIN_AREA = 24 * 32  # its input gradient: FFT from this band area up, a swapped convolution below
+# (measured, XLA:CPU, 2 cores, 256 or 128 planes of 16 channels: 18x28 band 30 ms swapped vs 70 ms FFT;
+# 18x56 band 118 ms swapped vs 49 ms FFT)
 
 
 def as_float(a) -> np.ndarray:
@@ -234,7 +237,7 @@ class _LambdaConvolution:
     Conv3d. Computed in chunks of output rows; ``lean`` recomputes lambda_p in the backward pass
     instead of keeping it, so at most one chunk of it exists at a time. The backward pass (a
     jax.custom_vjp, as torch's autograd.Function) computes the kernel gradient (_kernel_gradient)
-    and the values' gradient (_full_convolution) by FFT from FFT_MIN_AREA up: XLA's CPU
+    and the values' gradient (_full_convolution) by FFT from (FULL_)FFT_MIN_AREA up: XLA's CPU
     convolutions for these two transposed shapes (batch x value as channels; k-to-u channels) are
     5-10x slower than the FFT on large maps."""
 
@@ -261,7 +264,9 @@ class _LambdaConvolution:
     def backward(height: int, width: int, rows: int, lean: bool, saved, gy):
         q, images, kernel, bias, content, lams = saved
         b, v, c = q.shape[0], images.shape[0] // q.shape[0], kernel.shape[0] // 2
-        g_q, g_kernel, g_images, g_lam_sum = [], 0.0, jnp.zeros_like(images), 0.0
+        u = images.shape[3]
+        g_q, g_kernel, g_lam_sum = [], 0.0, 0.0
+        g_planes = jnp.zeros((images.shape[0], height, width, u), images.dtype)  # values' gradient per (b, v)
         for i, top in enumerate(range(0, height, rows)):
             bottom = min(height, top + rows)
             sl = slice(top * width, bottom * width)
@@ -273,9 +278,9 @@ class _LambdaConvolution:
             g_img = g_lam.reshape(b, band, width, -1, v).transpose(0, 4, 1, 2, 3).reshape(b * v, band, width, -1)
             window = images[:, top:bottom + 2 * c]  # (b*v, rows + 2c, W + 2c, u)
             g_kernel += _kernel_gradient(window, g_img)
-            g_images = g_images.at[:, top:bottom + 2 * c].add(_full_convolution(g_img, kernel))
-        u = images.shape[3]
-        g_values = g_images[:, c:c + height, c:c + width].reshape(b, v, height * width, u).transpose(0, 2, 3, 1)
+            lo, hi = max(0, top - c), min(height, bottom + c)
+            g_planes = g_planes.at[:, lo:hi].add(_full_convolution(g_img, kernel, top, height))
+        g_values = g_planes.reshape(b, v, height * width, u).transpose(0, 2, 3, 1)
         g_content = g_lam_sum if content is not None else None
         g_bias = g_lam_sum.sum((0, 2)) if bias is not None else None
         return (jnp.concatenate(g_q, axis=1) if len(g_q) > 1 else g_q[0], g_values, g_content, g_kernel, g_bias)
@@ -301,19 +306,29 @@ def _chunk_lambdas(images, kernel, bias, content, top: int, bottom: int, b: int,
     return lam + content[:, None] if content is not None else lam
 
 
-def _full_convolution(g, kernel) -> jax.Array:
-    """(N, R, W, k) "full" convolution with the HWIO (r, r, u, k) kernel -> (N, R + r - 1, W + r - 1, u):
-    the lambda convolution's input gradient (before cropping the padding)."""
+def _full_convolution(g, kernel, top: int, height: int) -> jax.Array:
+    """The lambda convolution's input gradient from the (N, R, W, k) gradient of output rows
+    [top, top + R) and the HWIO (r, r, u, k) kernel: the "full" convolution, only at the image rows
+    it reaches, [max(0, top - r//2), min(height, top + R + r//2)), and the W image columns:
+    (N, rows, W, u). Below FULL_FFT_MIN_AREA it is a convolution with the roles swapped (the kernel as
+    the input, the gradient band as the filter, so that N is XLA's output-channel axis), above it
+    an FFT."""
+    rows, width = g.shape[1], g.shape[2]
     r = kernel.shape[0]
-    size = (g.shape[1] + r - 1, g.shape[2] + r - 1)
-    if g.shape[1] * g.shape[2] < FFT_MIN_AREA:
-        return jax.lax.conv_general_dilated(
-            g, kernel[::-1, ::-1], window_strides=(1, 1), padding=((r - 1, r - 1), (r - 1, r - 1)),
-            dimension_numbers=("NHWC", "HWOI", "NHWC"), precision=HIGHEST)
+    c = r // 2
+    lo, hi = max(0, top - c) - (top - c), min(height, top + rows + c) - (top - c)  # band coordinates
+    if rows * width < FULL_FFT_MIN_AREA:
+        padded = jnp.pad(kernel.transpose(2, 0, 1, 3), ((0, 0), (rows - 1, rows - 1), (width - 1, width - 1), (0, 0)))
+        padded = padded[:, lo:hi + rows - 1, c:c + 2 * width - 1]  # (u, .., 2W-1, k)
+        out = jax.lax.conv_general_dilated(
+            padded, g[:, ::-1, ::-1].transpose(1, 2, 3, 0), window_strides=(1, 1), padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)  # (u, rows, W, N)
+        return out.transpose(3, 1, 2, 0)
+    size = (rows + r - 1, width + r - 1)
     spectrum = jnp.fft.rfft2(g.transpose(0, 3, 1, 2), s=size)  # (N, k, F1, F2)
     kernel_spectrum = jnp.fft.rfft2(kernel.transpose(3, 2, 0, 1), s=size)  # (k, u, F1, F2)
     product = jnp.einsum("nkxy,kuxy->nuxy", spectrum, kernel_spectrum, precision=HIGHEST)
-    return jnp.fft.irfft2(product, s=size).transpose(0, 2, 3, 1)
+    return jnp.fft.irfft2(product, s=size)[:, :, lo:hi, c:c + width].transpose(0, 2, 3, 1)
 
 
 def _kernel_gradient(window, g) -> jax.Array:
