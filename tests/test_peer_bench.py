@@ -30,6 +30,9 @@ def test_every_plan_matches_the_reference(framework, case_id, algorithm, memory,
     if framework == "torch":
         import implementations.torch.lambda_layer as tl
         monkeypatch.setattr(tl, "FFT_MIN_AREA", 0 if memory == "lean" else 10**9)  # both input-gradient paths
+    if framework == "tensorflow":
+        import implementations.tensorflow.lambda_layer as tfl
+        monkeypatch.setattr(tfl, "FFT_MIN_AREA", 0 if memory == "lean" else 10**9)  # both input-gradient paths
     if framework == "jax":
         import implementations.jax.lambda_layer as jl
         for name in ("FFT_MIN_AREA", "FULL_FFT_MIN_AREA"):  # both paths of both gradients

@@ -25,7 +25,9 @@ from lambda_bench.weights import (from_in_out_layout, in_out_attribute_path, ini
                                   to_in_out_layout)
 
 FFT_MIN_AREA = 0  # input gradient of the lambda convolution: FFT from this band area up (measured:
-# Conv2DBackpropInput with k in and u out channels is 2-15x slower than the FFT at every map size here)
+# Conv2DBackpropInput with k in and u out channels is 2-15x slower than the FFT at every map size here;
+# the swapped convolution that wins in torch and JAX on small bands loses here too: batch 8 fwd+bwd,
+# tf.function, d128 28x28 99 vs 80 ms, d64 56x56 308 vs 187 ms)
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
@@ -301,7 +303,7 @@ class _LambdaConvolution:
     @staticmethod
     def backward(saved, gy):
         q, images, kernel, bias, content, lams, (height, width, rows, lean, b, v, c) = saved
-        g_q, g_kernel, g_images, g_lam_sum = [], 0.0, 0.0, 0.0
+        g_q, g_kernel, g_planes, g_lam_sum = [], 0.0, 0.0, 0.0  # g_planes: the values' gradient per (b, v)
         for i, top in enumerate(range(0, height, rows)):
             bottom = min(height, top + rows)
             sl = slice(top * width, bottom * width)
@@ -316,10 +318,11 @@ class _LambdaConvolution:
             g_k = tf.nn.conv2d(tf.transpose(window, (3, 1, 2, 0)), tf.transpose(g_img, (1, 2, 0, 3)),
                                strides=1, padding="VALID")  # (u, r, r, k): batch x value as channels
             g_kernel += tf.transpose(g_k, (1, 2, 0, 3))
-            g_window = _full_convolution(g_img, kernel)  # (b*v, rows + 2c, W + 2c, u)
-            g_images += tf.pad(g_window, [[0, 0], [top, height - bottom], [0, 0], [0, 0]])
+            lo, hi = max(0, top - c), min(height, bottom + c)
+            g_band = _full_convolution(g_img, kernel, top, height)  # (b*v, hi - lo, W, u)
+            g_planes += tf.pad(g_band, [[0, 0], [lo, height - hi], [0, 0], [0, 0]])
         u = images.shape[3]
-        g_values = tf.reshape(g_images[:, c:c + height, c:c + width], (b, v, height * width, u))
+        g_values = tf.reshape(g_planes, (b, v, height * width, u))
         g_values = tf.transpose(g_values, (0, 2, 3, 1))  # (b, n, u, v)
         grads = [tf.concat(g_q, axis=1) if len(g_q) > 1 else g_q[0], g_values, g_kernel]
         if content is not None:
@@ -339,15 +342,25 @@ def _chunk_lambdas(images, kernel, bias, content, top: int, bottom: int, b: int,
     return lam + content[:, None] if content is not None else lam
 
 
-def _full_convolution(g, kernel):
-    """(N, R, W, k) "full" convolution with the HWIO (r, r, u, k) kernel -> (N, R + r - 1, W + r - 1, u):
-    the lambda convolution's input gradient (before cropping the padding)."""
+def _full_convolution(g, kernel, top: int, height: int):
+    """The lambda convolution's input gradient from the (N, R, W, k) gradient of output rows
+    [top, top + R) and the HWIO (r, r, u, k) kernel: the "full" convolution, only at the image rows
+    it reaches, [max(0, top - r//2), min(height, top + R + r//2)), and the W image columns:
+    (N, rows, W, u). Below FFT_MIN_AREA it is a convolution with the roles swapped (the kernel as
+    the input, the gradient band as the filter, N as the output channels), above it an FFT."""
+    rows, width = g.shape[1], g.shape[2]
     r = kernel.shape[0]
-    size = (g.shape[1] + r - 1, g.shape[2] + r - 1)
-    if g.shape[1] * g.shape[2] < FFT_MIN_AREA:
-        return tf.nn.conv2d_transpose(g, kernel, (g.shape[0], *size, kernel.shape[2]), strides=1, padding="VALID")
+    c = r // 2
+    lo, hi = max(0, top - c) - (top - c), min(height, top + rows + c) - (top - c)  # band coordinates
+    if rows * width < FFT_MIN_AREA:
+        padded = tf.pad(tf.transpose(kernel, (2, 0, 1, 3)), [[0, 0], [rows - 1, rows - 1], [width - 1, width - 1], [0, 0]])
+        padded = padded[:, lo:hi + rows - 1, c:c + 2 * width - 1]  # (u, .., 2W-1, k)
+        out = tf.nn.conv2d(padded, tf.transpose(g[:, ::-1, ::-1], (1, 2, 3, 0)), strides=1, padding="VALID")
+        return tf.transpose(out, (3, 1, 2, 0))  # (u, rows, W, N) -> (N, rows, W, u)
+    size = (rows + r - 1, width + r - 1)
     spectrum = tf.signal.rfft2d(tf.transpose(g, (0, 3, 1, 2)), fft_length=size)  # (N, k, F1, F2)
     kernel_spectrum = tf.signal.rfft2d(tf.transpose(kernel, (3, 2, 0, 1)), fft_length=size)  # (k, u, F1, F2)
     product = tf.stack([tf.reduce_sum(spectrum * kernel_spectrum[:, j], 1)
                         for j in range(kernel.shape[2])], 1)  # (N, u, F1, F2)
-    return tf.transpose(tf.signal.irfft2d(product, fft_length=size), (0, 2, 3, 1))
+    full = tf.signal.irfft2d(product, fft_length=size)[:, :, lo:hi, c:c + width]
+    return tf.transpose(full, (0, 2, 3, 1))
