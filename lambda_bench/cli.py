@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-compile", action="store_true",
                    help="also time torch.compile'd members (slow to compile on a small CPU; off by default)")
     p.add_argument("--budget", type=float, help="seconds of timing per group after warm-up (default 8)")
+    p.add_argument("--plans", action="store_true",
+                   help="also time our PyTorch layer with memory='full' and memory='lean' forced (the lean "
+                        "plan's time / memory trade-off beside the automatic choice)")
     p.set_defaults(func=_cmd_peers)
 
     p = sub.add_parser("run", help="measure a sweep: each case in a fresh worker, rows in results/<run-id>/")

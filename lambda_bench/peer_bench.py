@@ -4,7 +4,7 @@ Groups (one process, interleaved, same threads, same input):
   torch       ours vs timm ``LambdaLayer`` vs lucidrains ``lambda_networks.LambdaLayer`` (eager)
   tensorflow  ours vs lucidrains ``lambda_networks.tfkeras.LambdaLayer`` (eager and tf.function;
               lambda convolution only: its global form is an absolute table with no equivalent)
-  jax         ours under jax.jit vs our PyTorch layer, eager (JAX has no peer)
+  jax         ours under jax.jit (split state) vs our PyTorch layer, eager (JAX has no peer)
 Configurations (batch 8, float32, |k| 16, |h| 4, |u| 1): the lambda convolution r = 23 at
 (d 64, 56x56), (d 128, 28x28), (d 256, 16x16), (d 512, 7x7) and global relative embeddings at
 (d 256, 16x16). Modes: forward (eval mode, no gradient) and forward + backward (train mode,
@@ -77,6 +77,9 @@ MEMBERS = {
     "tensorflow": ("tensorflow:ours", "tensorflow:lucidrains-keras"),
     "jax": ("jax:ours", "torch:ours"),
 }
+# with --plans: our PyTorch layer again with its memory mode forced (lambda_bench.plans), to show the
+# time / memory trade-off of the lean plan beside the automatic choice
+PLAN_VARIANTS = {"torch:ours-full": "full", "torch:ours-lean": "lean"}
 
 
 # --- the members: a peer (or ours) built for a config, and a step to time ---------------------------
@@ -227,27 +230,40 @@ def _jax_ours(spec, w, **options):
 
 
 def _jax_steps(model, x: np.ndarray, cot: np.ndarray, compiled: bool = True) -> dict[str, Callable]:
-    """nnx.jit-compiled steps (nnx.jit carries the BatchNorm running statistics in and out; its
-    per-call graph bookkeeping is part of the time, as it is for any nnx user)."""
+    """jax.jit-compiled steps on the model's split state (Flax's functional pattern: nnx.split once,
+    nnx.merge inside the compiled function). nnx.jit traverses the module graph in Python on every
+    call (Flax's "Performance considerations" guide says so and recommends this pattern); measured
+    here it added ~9 ms per call to a 28 ms step. The training step returns the updated BatchNorm
+    statistics, which the next call uses, as a training loop would."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
     xj, cj = jnp.asarray(x), jnp.asarray(cot)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {"rest": rest}
 
-    def forward(model, x):
-        return model(x, train=False)
+    def forward(params, rest, x):
+        return nnx.merge(graphdef, params, rest, copy=True)(x, train=False)
 
-    def forward_backward(model, x, cot):
-        def loss(model, x):
-            y = model(x, train=True)
-            return jnp.sum(y * cot), y
-        (_, y), grads = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, x)
-        return y, grads
+    def forward_backward(params, rest, x, cot):
+        def loss(params, x):
+            # copy: fresh Variables at this trace level (BatchNorm updates its statistics under
+            # value_and_grad's trace), as implementations/jax/backend.py does
+            module = nnx.merge(graphdef, params, rest, copy=True)
+            y = module(x, train=True)
+            return jnp.sum(y * cot), (y, nnx.split(module, nnx.Param, ...)[2])
+        (_, (y, new_rest)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+        return y, grads, new_rest
 
     if compiled:
-        forward, forward_backward = nnx.jit(forward), nnx.jit(forward_backward)
-    return {"forward": lambda: jax.block_until_ready(forward(model, xj)),
-            "forward+backward": lambda: jax.block_until_ready(forward_backward(model, xj, cj))}
+        forward, forward_backward = jax.jit(forward), jax.jit(forward_backward)
+
+    def train_step():
+        y, grads, state["rest"] = forward_backward(params, state["rest"], xj, cj)
+        return jax.block_until_ready((y, grads))
+
+    return {"forward": lambda: jax.block_until_ready(forward(params, state["rest"], xj)),
+            "forward+backward": train_step}
 
 
 @dataclass
@@ -317,10 +333,13 @@ def build_group(group: str, cfg: Config, *, torch_compile: bool = False, tf_func
         ref_kind = "timm" if "timm" in peers_built else next(iter(peers_built))
         _, spec, w = peers_built[ref_kind]
         ours = _torch_ours(spec, w)
+        forced = {key: _torch_ours(spec, w, memory=mode) for key, mode in PLAN_VARIANTS.items() if key in keys}
         variants = [("eager", False)] + ([("torch.compile", True)] if torch_compile else [])
         for label, compiled in variants:
             if "torch:ours" in keys:
                 out.append(Member("torch:ours", True, _torch_steps(ours, x, cot, compiled), label))
+            for key, model in forced.items():
+                out.append(Member(key, True, _torch_steps(model, x, cot, compiled), label))
             for kind, (module, pspec, pw) in peers_built.items():
                 if f"torch:{kind}" not in keys:
                     continue
@@ -360,7 +379,7 @@ def build_group(group: str, cfg: Config, *, torch_compile: bool = False, tf_func
             ok, match = compare_outputs(_jax_probe(model, x, cot), _torch_probe(torch_ours, x, cot), tol)
             status = "ok" if ok else "mismatch"
         if "jax:ours" in keys:
-            out.append(Member("jax:ours", True, _jax_steps(model, x, cot, compiled=True), "nnx.jit"))
+            out.append(Member("jax:ours", True, _jax_steps(model, x, cot, compiled=True), "jax.jit"))
         if "torch:ours" in keys:
             out.append(Member("torch:ours", False, _torch_steps(torch_ours, x, cot), "eager", dict(match), status))
     else:
@@ -524,7 +543,7 @@ def _git_commit() -> str:
 
 def run(*, groups=GROUPS, configs=CONFIGS, modes=MODES, threads: int = DEFAULT_THREADS, memory: bool = True,
         torch_compile: bool = False, tf_function: bool = True, budget_s: float = 8.0, min_reps: int = 5,
-        max_reps: int = 40, progress: Callable[[str], None] | None = None) -> dict:
+        max_reps: int = 40, plans: bool = False, progress: Callable[[str], None] | None = None) -> dict:
     """Every group x config x mode: equivalence first, then interleaved time, then memory."""
     note = _pin_threads(threads)
     say = progress or (lambda s: None)
@@ -541,7 +560,8 @@ def run(*, groups=GROUPS, configs=CONFIGS, modes=MODES, threads: int = DEFAULT_T
             torch.backends.cudnn.allow_tf32 = False
         for cfg in configs:
             try:
-                members = build_group(group, cfg, torch_compile=torch_compile, tf_function=tf_function)
+                keys = MEMBERS[group] + (tuple(PLAN_VARIANTS) if plans and group == "torch" else ())
+                members = build_group(group, cfg, torch_compile=torch_compile, tf_function=tf_function, members=keys)
             except Exception as exc:  # a crash is a result row, never a lost sweep
                 rows.append({"group": group, "config": cfg.name, "status": f"error: {type(exc).__name__}: {exc}"})
                 continue
@@ -633,7 +653,7 @@ def bars(rows: list[dict]) -> list[dict]:
     """The issue's acceptance bars, each met / not met with the rows behind it."""
     out = []
     for cfg in CONFIGS:
-        r = [x for x in rows if x["group"] == "torch" and x["config"] == cfg.name and x.get("ours")
+        r = [x for x in rows if x["group"] == "torch" and x["config"] == cfg.name and x.get("implementation") == "torch:ours"
              and x.get("mode") == "forward+backward" and x.get("compile") == "eager"]
         if r:
             t, m = r[0].get("time_ratio"), r[0].get("memory_ratio")
@@ -703,7 +723,7 @@ def run_cli(args) -> int:
     progress = None if args.json else (lambda s: print(f"  .. {s}", file=sys.stderr, flush=True))
     result = run(groups=groups, configs=configs, threads=threads, memory=not getattr(args, "no_memory", False),
                  torch_compile=getattr(args, "torch_compile", False), budget_s=getattr(args, "budget", None) or 8.0,
-                 progress=progress)
+                 plans=getattr(args, "plans", False), progress=progress)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if all(r.get("status") == "ok" for r in result["rows"]) else 1
 

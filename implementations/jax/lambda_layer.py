@@ -207,11 +207,18 @@ class LambdaLayer(nnx.Module):
         return kernel.transpose(0, 1, 3, 2)
 
     def _reordered_chunk(self, q, table, index, values) -> jax.Array:
-        """Queries with the embeddings first: P (b, c, h, u, m) = q E, then P V. q (b, c, h, k)."""
-        k, u = table.shape[2], table.shape[3]
-        emb = table.reshape(-1, k, u)[index]  # (c, m, k, u)
-        p = jnp.einsum("bnhk,nmku->bnhum", q, emb, precision=HIGHEST)
-        return jnp.einsum("bnhum,bmuv->bnhv", p, values, precision=HIGHEST)
+        """Queries with the embeddings first: P (b, c, h, u*m) = q E, then P V. q (b, c, h, k).
+        Explicit batched-GEMM layouts, as torch's _ReorderedPosition: batch first, the contraction
+        last (the einsum form let XLA pick layouts that made fwd+bwd 1.9x slower at d 256, 16x16)."""
+        b, c, h, k = q.shape
+        m, u, v = values.shape[1], values.shape[2], values.shape[3]
+        table_uk = table.reshape(-1, k, u).transpose(0, 2, 1)  # rows (u, k)
+        emb = table_uk[index].reshape(c, m * u, k)  # (c, (m, u), k)
+        qn = q.transpose(1, 0, 2, 3).reshape(c, b * h, k)
+        pt = jax.lax.dot_general(qn, emb, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (c, b*h, m*u)
+        p = pt.reshape(c, b, h, m * u).transpose(1, 0, 2, 3).reshape(b, c * h, m * u)
+        y = jax.lax.dot_general(p, values.reshape(b, m * u, v), (((2,), (1,)), ((0,), (0,))), precision=HIGHEST)
+        return y.reshape(b, c, h, v)
 
     def _lambdas_chunk(self, q, table, index, values) -> jax.Array:
         """The position lambdas of the chunk's queries, then q^T lambda."""
