@@ -109,3 +109,25 @@ def test_time_interleaved_counts_and_orders():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating order
     s = peer_bench.summarise([0.001, 0.002, 0.003, 0.004])
     assert s["median_ms"] == pytest.approx(2.5) and s["iqr_ms"] == pytest.approx(1.5) and s["n"] == 4
+
+
+def test_plan_variants_compute_the_same_function_and_stay_out_of_the_bars():
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    import torch
+    cfg = next(c for c in peer_bench.CONFIGS if c.name == "conv_d512_7")
+    keys = ("torch:ours", *peer_bench.PLAN_VARIANTS)
+    members = peer_bench.build_group("torch", cfg, members=keys, check=False)
+    assert [m.key for m in members] == list(keys) and all(m.ours for m in members)
+    outs = {m.key: m.steps["forward"]() for m in members}
+    ref = outs["torch:ours"]
+    for key in peer_bench.PLAN_VARIANTS:
+        assert torch.allclose(outs[key], ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max())), key
+    # a forced plan's row never stands in for the automatic one in the bars
+    row = lambda impl, ms: dict(group="torch", config=cfg.name, mode="forward+backward", compile="eager",
+                                implementation=impl, ours=impl != "torch:timm", status="ok", median_ms=ms,
+                                peak_bytes=10)
+    rows = [row("torch:ours-lean", 1.0), row("torch:ours", 9.0), row("torch:timm", 10.0)]
+    peer_bench._ratios(rows)
+    bar = next(b for b in peer_bench.bars(rows) if cfg.name in b["bar"])
+    assert bar["time_ratio"] == pytest.approx(0.9) and not bar["met"]
