@@ -185,12 +185,13 @@ class LambdaLayer(nnx.Module):
             content = bias if content is None else content + bias
         table = self._relative_table(height, width)
         index = relative_index(height, width)
-        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
-        if plan.lean:
-            step = jax.checkpoint(step)
-        parts = [step(q[:, start:start + plan.chunk], table, jnp.asarray(index[start:start + plan.chunk]), values)
-                 for start in range(0, n, plan.chunk)]
-        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        if plan.algorithm == "reordered":
+            y = self._reordered_chunk(q, table, index, values, plan.chunk, plan.lean, height, width)
+        else:
+            step = jax.checkpoint(self._lambdas_chunk) if plan.lean else self._lambdas_chunk
+            parts = [step(q[:, start:start + plan.chunk], table, jnp.asarray(index[start:start + plan.chunk]), values)
+                     for start in range(0, n, plan.chunk)]
+            y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         if content is not None:
             y = y + jnp.einsum("bnhk,bkv->bnhv", q, content, precision=HIGHEST)
         return y
@@ -206,19 +207,17 @@ class LambdaLayer(nnx.Module):
         kernel = jnp.pad(kernel, ((pad_y, pad_y), (pad_x, pad_x), (0, 0), (0, 0)))
         return kernel.transpose(0, 1, 3, 2)
 
-    def _reordered_chunk(self, q, table, index, values) -> jax.Array:
-        """Queries with the embeddings first: P (b, c, h, u*m) = q E, then P V. q (b, c, h, k).
-        Explicit batched-GEMM layouts, as torch's _ReorderedPosition: batch first, the contraction
-        last (the einsum form let XLA pick layouts that made fwd+bwd 1.9x slower at d 256, 16x16)."""
-        b, c, h, k = q.shape
+    def _reordered_chunk(self, q, table, index, values, chunk: int, lean: bool, height: int, width: int) -> jax.Array:
+        """Queries with the embeddings first: P (b, n, h, u*m) = q E, then P V, in chunks of ``chunk``
+        query positions (_ReorderedPosition: batched GEMMs on prepared layouts, a custom backward
+        pass; jax.checkpoint of the einsum form cost 2x the step here). q (b, n, h, k)."""
+        del index  # _ReorderedPosition rebuilds it from (height, width): a custom_vjp's static argument
+        b, n, h, k = q.shape
         m, u, v = values.shape[1], values.shape[2], values.shape[3]
-        table_uk = table.reshape(-1, k, u).transpose(0, 2, 1)  # rows (u, k)
-        emb = table_uk[index].reshape(c, m * u, k)  # (c, (m, u), k)
-        qn = q.transpose(1, 0, 2, 3).reshape(c, b * h, k)
-        pt = jax.lax.dot_general(qn, emb, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (c, b*h, m*u)
-        p = pt.reshape(c, b, h, m * u).transpose(1, 0, 2, 3).reshape(b, c * h, m * u)
-        y = jax.lax.dot_general(p, values.reshape(b, m * u, v), (((2,), (1,)), ((0,), (0,))), precision=HIGHEST)
-        return y.reshape(b, c, h, v)
+        qn = q.transpose(1, 0, 2, 3).reshape(n, b * h, k)
+        table_uk = table.reshape(-1, k, u).transpose(0, 2, 1).reshape(-1, u * k)  # rows (u, k)
+        vmu = values.reshape(b, m * u, v)  # (b, (m, u), v)
+        return _ReorderedPosition.apply(qn, table_uk, vmu, b, h, chunk, lean, height, width)
 
     def _lambdas_chunk(self, q, table, index, values) -> jax.Array:
         """The position lambdas of the chunk's queries, then q^T lambda."""
@@ -352,3 +351,69 @@ def _kernel_gradient(window, g) -> jax.Array:
     g_spectrum = jnp.fft.rfft2(g.transpose(0, 3, 1, 2), s=size)  # (N, k, F1, F2)
     product = jnp.einsum("nuxy,nkxy->ukxy", spectrum, jnp.conj(g_spectrum), precision=HIGHEST)
     return jnp.fft.irfft2(product, s=size)[:, :, :r, :r].transpose(2, 3, 0, 1)
+
+
+class _ReorderedPosition:
+    """y[b, n, h, :] = sum_(m, u) P[b, n, h, (m, u)] V[b, (m, u), :] with P = q^T E[n]: the position
+    term without position lambdas, as torch's _ReorderedPosition. Per chunk of c query positions:
+    E (c, m*u, k) gathered from the relative table, P = q E (a GEMM per position), one transpose of
+    P, then a GEMM per batch row with V. ``lean`` keeps nothing of P for the backward pass
+    (recomputed per chunk); otherwise P is kept. The backward pass adds each chunk's embedding
+    gradient into the relative table.
+
+    qn (n, b*h, k), table (R, u*k), vmu (b, m*u, v) -> y (b, n, h, v)."""
+
+    @staticmethod
+    def forward(qn, table, vmu, b: int, h: int, chunk: int, lean: bool, height: int, width: int):
+        n, k = qn.shape[0], qn.shape[2]
+        mu = vmu.shape[1]
+        index = relative_index(height, width)
+        parts, saved = [], []
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            p = _reordered_products(qn, table, index, start, stop, b, h, mu, k)  # (b, c*h, m*u)
+            y = jax.lax.dot_general(p, vmu, (((2,), (1,)), ((0,), (0,))), precision=HIGHEST)
+            parts.append(y.reshape(b, stop - start, h, -1))
+            if not lean:
+                saved.append(p)
+        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        return y, (qn, table, vmu, saved)
+
+    @staticmethod
+    def backward(b: int, h: int, chunk: int, lean: bool, height: int, width: int, residuals, gy):
+        qn, table, vmu, saved = residuals
+        n, bh, k = qn.shape
+        mu = vmu.shape[1]
+        index = relative_index(height, width)
+        g_qn, g_table, g_vmu = [], jnp.zeros_like(table), 0.0
+        for i, start in enumerate(range(0, n, chunk)):
+            stop = min(n, start + chunk)
+            c = stop - start
+            p = _reordered_products(qn, table, index, start, stop, b, h, mu, k) if lean else saved[i]
+            g_c = gy[:, start:stop].reshape(b, c * h, -1)  # (b, c*h, v)
+            g_vmu += jax.lax.dot_general(p, g_c, (((1,), (1,)), ((0,), (0,))), precision=HIGHEST)  # (b, m*u, v)
+            g_p = jax.lax.dot_general(g_c, vmu, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (b, c*h, m*u)
+            g_pt = g_p.reshape(b, c, h, mu).transpose(1, 0, 2, 3).reshape(c, bh, mu)
+            rows = jnp.asarray(index[start:stop].reshape(-1))
+            emb = table[rows].reshape(c, mu, k)
+            g_qn.append(jax.lax.dot_general(g_pt, emb, (((2,), (1,)), ((0,), (0,))), precision=HIGHEST))
+            g_emb = jax.lax.dot_general(g_pt, qn[start:stop], (((1,), (1,)), ((0,), (0,))), precision=HIGHEST)
+            g_table = g_table.at[rows].add(g_emb.reshape(rows.shape[0], -1))  # (c, m*u, k) -> rows (u, k)
+        g_qn = g_qn[0] if len(g_qn) == 1 else jnp.concatenate(g_qn, axis=0)
+        return g_qn, g_table, g_vmu
+
+
+def _reordered_position(qn, table, vmu, b, h, chunk, lean, height, width):
+    return _ReorderedPosition.forward(qn, table, vmu, b, h, chunk, lean, height, width)[0]
+
+
+_ReorderedPosition.apply = staticmethod(jax.custom_vjp(_reordered_position, nondiff_argnums=(3, 4, 5, 6, 7, 8)))
+_ReorderedPosition.apply.defvjp(_ReorderedPosition.forward, _ReorderedPosition.backward)
+
+
+def _reordered_products(qn, table, index, start: int, stop: int, b: int, h: int, mu: int, k: int) -> jax.Array:
+    """P for query positions [start, stop): (b, c*h, m*u), rows (position, head)."""
+    c = stop - start
+    emb = table[jnp.asarray(index[start:stop].reshape(-1))].reshape(c, mu, k)  # (c, m*u, k)
+    pt = jax.lax.dot_general(qn[start:stop], emb, (((2,), (2,)), ((0,), (0,))), precision=HIGHEST)  # (c, b*h, m*u)
+    return pt.reshape(c, b, h, mu).transpose(1, 0, 2, 3).reshape(b, c * h, mu)
