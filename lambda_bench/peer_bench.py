@@ -28,6 +28,11 @@ resident and hides the step's peak. On CUDA the source is torch.cuda.max_memory_
 Threads: ``threads`` (default 2) CPU threads in every framework: the process is pinned to that many
 cores (sched_setaffinity; JAX/XLA has no thread-count flag and uses the cores it may run on),
 torch.set_num_threads, TensorFlow's intra-op pool, and OMP/MKL variables for the subprocesses.
+OMP_WAIT_POLICY is left as the user has it (see _pin_threads).
+
+``plans=True`` (``--plans``) adds our PyTorch layer with its memory plan forced ("torch:ours-full",
+"torch:ours-lean"): timed and measured like the others, with their own ratios, never used for the
+issue's bars (those take the automatic "torch:ours").
 """
 
 from __future__ import annotations
