@@ -209,12 +209,13 @@ class LambdaLayer(keras.layers.Layer):
             content = bias if content is None else content + bias
         table = self._relative_table(height, width)
         index = relative_index(height, width)
-        step = self._reordered_chunk if plan.algorithm == "reordered" else self._lambdas_chunk
-        if plan.lean:
-            step = tf.recompute_grad(step)
-        parts = [step(q[:, start:start + plan.chunk], table, tf.constant(index[start:start + plan.chunk]), values)
-                 for start in range(0, n, plan.chunk)]
-        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        if plan.algorithm == "reordered":
+            y = self._reordered_chunk(q, table, index, values, plan.chunk, plan.lean)
+        else:
+            step = tf.recompute_grad(self._lambdas_chunk) if plan.lean else self._lambdas_chunk
+            parts = [step(q[:, start:start + plan.chunk], table, tf.constant(index[start:start + plan.chunk]), values)
+                     for start in range(0, n, plan.chunk)]
+            y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
         if content is not None:
             y += tf.einsum("bnhk,bkv->bnhv", q, content)
         return y
@@ -230,12 +231,16 @@ class LambdaLayer(keras.layers.Layer):
         kernel = tf.pad(kernel, [[pad_y, pad_y], [pad_x, pad_x], [0, 0], [0, 0]])
         return tf.transpose(kernel, (0, 1, 3, 2))
 
-    def _reordered_chunk(self, q, table, index, values):
-        """Queries with the embeddings first: P (b, c, h, u, m) = q E, then P V. q (b, c, h, k)."""
-        k, u = table.shape[2], table.shape[3]
-        emb = tf.gather(tf.reshape(table, (-1, k, u)), index)  # (c, m, k, u)
-        p = tf.einsum("bnhk,nmku->bnhum", q, emb)
-        return tf.einsum("bnhum,bmuv->bnhv", p, values)
+    def _reordered_chunk(self, q, table, index, values, chunk: int, lean: bool):
+        """Queries with the embeddings first: P (b, n, h, u*m) = q E, then P V, in chunks of ``chunk``
+        query positions (_ReorderedPosition: batched GEMMs on prepared layouts, a custom gradient).
+        q (b, n, h, k)."""
+        b, n, h, k = q.shape
+        m, u, v = values.shape[1], values.shape[2], values.shape[3]
+        qn = tf.reshape(tf.transpose(q, (1, 0, 2, 3)), (n, b * h, k))
+        table_uk = tf.reshape(tf.transpose(tf.reshape(table, (-1, k, u)), (0, 2, 1)), (-1, u * k))  # rows (u, k)
+        vmu = tf.reshape(values, (b, m * u, v))  # (b, (m, u), v)
+        return _ReorderedPosition.apply(qn, table_uk, vmu, index, b, h, chunk, lean)
 
     def _lambdas_chunk(self, q, table, index, values):
         """The position lambdas of the chunk's queries, then q^T lambda."""
@@ -364,3 +369,67 @@ def _full_convolution(g, kernel, top: int, height: int):
                         for j in range(kernel.shape[2])], 1)  # (N, u, F1, F2)
     full = tf.signal.irfft2d(product, fft_length=size)[:, :, lo:hi, c:c + width]
     return tf.transpose(full, (0, 2, 3, 1))
+
+
+class _ReorderedPosition:
+    """y[b, n, h, :] = sum_(m, u) P[b, n, h, (m, u)] V[b, (m, u), :] with P = q^T E[n]: the position
+    term without position lambdas, as torch's _ReorderedPosition. Per chunk of c query positions:
+    E (c, m*u, k) gathered from the relative table, P = q E (a GEMM per position), one transpose of
+    P, then a GEMM per batch row with V. ``lean`` keeps nothing of P for the backward pass
+    (recomputed per chunk); otherwise P is kept. The backward pass (a tf.custom_gradient) adds each
+    chunk's embedding gradient into the relative table (tf.tensor_scatter_nd_add).
+
+    qn (n, b*h, k), table (R, u*k), vmu (b, m*u, v), index (n, m) NumPy -> y (b, n, h, v)."""
+
+    @staticmethod
+    def apply(qn, table, vmu, index, b: int, h: int, chunk: int, lean: bool):
+        @tf.custom_gradient
+        def run(qn, table, vmu):
+            y, saved = _ReorderedPosition.forward(qn, table, vmu, index, b, h, chunk, lean)
+            return y, lambda gy: _ReorderedPosition.backward(saved, gy)
+
+        return run(qn, table, vmu)
+
+    @staticmethod
+    def forward(qn, table, vmu, index, b, h, chunk, lean):
+        n, k = qn.shape[0], qn.shape[2]
+        mu = vmu.shape[1]
+        parts, products = [], []
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            p = _reordered_products(qn, table, index, start, stop, b, h, mu, k)  # (b, c*h, m*u)
+            parts.append(tf.reshape(tf.matmul(p, vmu), (b, stop - start, h, -1)))
+            if not lean:
+                products.append(p)
+        y = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        return y, (qn, table, vmu, index, products, (b, h, chunk, lean))
+
+    @staticmethod
+    def backward(saved, gy):
+        qn, table, vmu, index, products, (b, h, chunk, lean) = saved
+        n, bh, k = qn.shape
+        mu = vmu.shape[1]
+        g_qn, g_table, g_vmu = [], tf.zeros_like(table), 0.0
+        for i, start in enumerate(range(0, n, chunk)):
+            stop = min(n, start + chunk)
+            c = stop - start
+            p = _reordered_products(qn, table, index, start, stop, b, h, mu, k) if lean else products[i]
+            g_c = tf.reshape(gy[:, start:stop], (b, c * h, -1))  # (b, c*h, v)
+            g_vmu += tf.matmul(p, g_c, transpose_a=True)  # (b, m*u, v)
+            g_p = tf.matmul(g_c, vmu, transpose_b=True)  # (b, c*h, m*u)
+            g_pt = tf.reshape(tf.transpose(tf.reshape(g_p, (b, c, h, mu)), (1, 0, 2, 3)), (c, bh, mu))
+            rows = tf.constant(index[start:stop].reshape(-1))
+            emb = tf.reshape(tf.gather(table, rows), (c, mu, k))
+            g_qn.append(tf.matmul(g_pt, emb))  # (c, b*h, k)
+            g_emb = tf.matmul(g_pt, qn[start:stop], transpose_a=True)  # (c, m*u, k)
+            g_table = tf.tensor_scatter_nd_add(g_table, rows[:, None], tf.reshape(g_emb, (-1, table.shape[1])))
+        g_qn = g_qn[0] if len(g_qn) == 1 else tf.concat(g_qn, axis=0)
+        return g_qn, g_table, g_vmu
+
+
+def _reordered_products(qn, table, index, start: int, stop: int, b: int, h: int, mu: int, k: int):
+    """P for query positions [start, stop): (b, c*h, m*u), rows (position, head)."""
+    c = stop - start
+    emb = tf.reshape(tf.gather(table, tf.constant(index[start:stop].reshape(-1))), (c, mu, k))  # (c, m*u, k)
+    pt = tf.matmul(qn[start:stop], emb, transpose_b=True)  # (c, b*h, m*u)
+    return tf.reshape(tf.transpose(tf.reshape(pt, (c, b, h, mu)), (1, 0, 2, 3)), (b, c * h, mu))
