@@ -27,7 +27,7 @@ COLUMNS: dict[str, str] = {
     "framework": "torch, tensorflow or jax",
     "framework_version": "the framework's version as installed",
     "model": "a registered preset name (layers and models: lambda-bench list / models)",
-    "family": "resnet, lambda_resnet, attention_resnet, efficientnet, or layer kind for layers",
+    "family": "resnet, lambda_resnet, mhsa_resnet, sasa_resnet, axial_resnet, efficientnet; layer for layers",
     "kind": "model or layer",
     "mixer": "the spatial mixer (conv, lambda, lambda_conv, mhsa, sasa, axial; mbconv for EfficientNet)",
     "image_size": "input height = width in pixels",

@@ -27,12 +27,12 @@ def framework_params():
             for fw in FRAMEWORKS]
 
 
-def require_or_skip(module: str, group: str):
+def require_or_skip(module: str, group: str, reason: str | None = None):
     """pytest.importorskip, except where LAMBDA_BENCH_REQUIRE names ``group``: then a plain import."""
     if group in REQUIRED:
         import importlib
         return importlib.import_module(module)
-    return pytest.importorskip(module)
+    return pytest.importorskip(module, reason=reason)
 
 
 def pytest_addoption(parser):

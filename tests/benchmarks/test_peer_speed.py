@@ -18,7 +18,11 @@ import os
 import pytest
 
 from lambda_bench import peer_bench
+from conftest import require_or_skip
 
+# build_group maps every member's weights from a peer layer: the JAX group takes timm's as well
+GROUP_NEEDS = {"torch": ("torch", "timm", "lambda_networks"), "tensorflow": ("tensorflow", "lambda_networks"),
+               "jax": ("jax", "flax", "torch", "timm")}
 THREADS = int(os.environ.get("LAMBDA_BENCH_THREADS", peer_bench.DEFAULT_THREADS))
 CASES = [(group, cfg, key) for group in peer_bench.GROUPS for cfg in peer_bench.CONFIGS
          for key in peer_bench.MEMBERS[group] if not (group == "tensorflow" and cfg.position != "conv")]
@@ -26,7 +30,9 @@ CASES = [(group, cfg, key) for group in peer_bench.GROUPS for cfg in peer_bench.
 
 @functools.lru_cache(maxsize=None)
 def _group(group: str, config_name: str):
-    pytest.importorskip({"torch": "timm", "tensorflow": "lambda_networks", "jax": "flax"}[group])
+    for module in GROUP_NEEDS[group]:
+        require_or_skip(module, "peers" if module in ("timm", "lambda_networks") else group,
+                        reason=f"{module} is not installed: pip install -e \".[peers]\"")
     peer_bench._pin_threads(THREADS)
     if group == "tensorflow":
         peer_bench._tf_configure(THREADS)
