@@ -119,8 +119,6 @@ class StoreWriteError(ValueError):
     """A row, the CSV view or env.json could not be written; what was stored before is intact."""
 
 
-# What makes a JSON object a result row, in every version that ever wrote one.
-ROW_KEYS = ("case_id", "status")
 _CASE_ID = re.compile(r'"case_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -153,9 +151,11 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(value, dict):
         kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
         return None, f"a JSON {kind}, not a row object"
-    missing = [k for k in ROW_KEYS if not isinstance(value.get(k), str) or not value.get(k)]
-    if missing:
-        return None, f"an object without {' or '.join(missing)}: not a result row"
+    def has(key: str) -> bool:
+        return isinstance(value.get(key), str) and bool(value[key])
+
+    if not has("status") or not (has("case_id") or has("model")):
+        return None, "an object without a status and a case_id or model: not a result row"
     return value, None
 
 
@@ -415,7 +415,7 @@ class Store:
         return [cut]
 
     def done_case_ids(self) -> set[str]:
-        return {r["case_id"] for r in read_rows(self.dir, problems=[])}
+        return {r["case_id"] for r in read_rows(self.dir, problems=[]) if r.get("case_id")}
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Add one row: its line is written whole and synced to disk, or not at all (StoreWriteError
