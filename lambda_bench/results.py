@@ -253,7 +253,7 @@ def check_out_dir(out_dir: Path | str) -> Path:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        where = "is a file" if existing == path.resolve() else f"is under {str(existing)!r}, a file"
+        where = "is a file" if existing == path.resolve() else f"is under a file ({str(existing)!r})"
         raise ValueError(f"out={str(out_dir)!r}: {where}, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "a read-only file system" if _read_only_fs(existing) else "no write permission"
