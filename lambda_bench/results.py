@@ -145,7 +145,7 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg} at column {exc.colno})"
+        return None, f"not JSON ({exc.msg}: column {exc.colno})"
     except RecursionError:
         return None, "not JSON (nested too deeply)"
     if not isinstance(value, dict):
@@ -376,7 +376,10 @@ class Store:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the flock anyway
+            pass
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)

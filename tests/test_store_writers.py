@@ -56,9 +56,6 @@ def test_two_processes_appending_through_the_api(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from lambda_bench import results
-
-# each case takes a second: the two commands overlap however slowly one of them starts
-SLOW = {m: "slow" for m in ("lambda", "lambda_conv", "mhsa", "sasa", "axial")}
         with results.Store({str(tmp_path)!r}) as store:
             store.append({{"case_id": "first", "status": "ok"}})
             print("open", flush=True)
@@ -84,9 +81,6 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over_with_a_message(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from lambda_bench import results
-
-# each case takes a second: the two commands overlap however slowly one of them starts
-SLOW = {m: "slow" for m in ("lambda", "lambda_conv", "mhsa", "sasa", "axial")}
         store = results.Store({str(tmp_path)!r})
         store.append({{"case_id": "a", "status": "ok"}})
         print("open", flush=True)
