@@ -413,7 +413,8 @@ class Store:
         if row is not None or not tail.strip():
             return []
         cut = BadLine(str(self.rows_path), data.count(b"\n") + 1,
-                      f"incomplete last line ({len(tail)} bytes, a writer stopped in mid-write): cut", _case_id_in(tail))
+                      f"incomplete last line ({len(tail)} bytes, a writer stopped in mid-write): cut",
+                      _case_id_in(tail))
         self._note(str(cut))
         return [cut]
 

@@ -327,8 +327,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def case_row(case: Case, run_id: str, measured: Mapping[str, Any], commit: str | None, device_name: str) -> dict[str, Any]:
     row = {"run_id": run_id, "case_id": case.case_id, "framework": case.framework, "model": case.model,
            **results.model_labels(case.model), "image_size": case.image_size, "batch_size": case.batch_size,
-           "mode": case.mode, "precision": case.precision, "compile": case.compile, "device": case.device, "device_name": device_name,
-           "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
+           "mode": case.mode, "precision": case.precision, "compile": case.compile, "device": case.device,
+           "device_name": device_name, "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
     row.update({k: v for k, v in measured.items() if k in results.COLUMNS})
     if row.get("error") and len(str(row["error"])) > 4000:
         row["error"] = str(row["error"])[:3997] + "..."
@@ -408,7 +408,8 @@ def _analytic(case: Case) -> dict[str, Any]:
     from . import counting
 
     zcase = zoo.case(case.model, case.image_size, case.batch_size)
-    return {"params": counting.params(zcase.spec), "flops_analytic": counting.flops(zcase.spec, zcase.height, zcase.width)}
+    return {"params": counting.params(zcase.spec),
+            "flops_analytic": counting.flops(zcase.spec, zcase.height, zcase.width)}
 
 
 def _append(store: results.Store, row: Mapping[str, Any]) -> None:

@@ -9,17 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from helpers.store import FAKE, SMALL, fake_env, one_line, started
+from helpers.store import SMALL, fake_worker, one_line, started
 from lambda_bench import cli, preflight, results, runner, weights, zoo
-
-
-@pytest.fixture
-def fake_worker(monkeypatch, tmp_path):
-    log = tmp_path / "started.log"
-    monkeypatch.setattr(runner, "WORKER", FAKE)
-    for key, value in fake_env(log=log).items():
-        monkeypatch.setenv(key, value)
-    return log
 
 
 USABLE = runner.usable_cpus()
@@ -128,7 +119,8 @@ def test_a_spec_from_a_weights_file_names_the_file(tmp_path):
     spec = json.loads(weights.spec_to_json(case.spec))
     path = tmp_path / "w.safetensors"
     save_file(tensors, str(path), metadata={"spec": json.dumps({**spec, "colour": "red"})})
-    with pytest.raises(ValueError, match=r"weights file='.*w.safetensors': spec key 'colour': not a field of LambdaSpec"):
+    with pytest.raises(ValueError, match=r"weights file='.*w.safetensors': spec key 'colour': not a field of "
+                                         r"LambdaSpec"):
         weights.load(path)
     del spec["d_in"]
     save_file(tensors, str(path), metadata={"spec": json.dumps(spec)})

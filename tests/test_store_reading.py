@@ -9,19 +9,9 @@ import warnings
 
 import pytest
 
-from helpers.store import FAKE, LAYERS, fake_env, started
+from helpers.store import LAYERS, fake_worker, started
 from lambda_bench import cli, results, runner
 from lambda_bench.report.runs import load_runs
-
-
-@pytest.fixture
-def fake_worker(monkeypatch, tmp_path):
-    """The CLI in this process runs the stand-in worker, which logs each start."""
-    log = tmp_path / "started.log"
-    monkeypatch.setattr(runner, "WORKER", FAKE)
-    for key, value in fake_env(log=log).items():
-        monkeypatch.setenv(key, value)
-    return log
 
 
 def _lines(out):

@@ -10,20 +10,11 @@ import time
 
 import pytest
 
-from helpers.store import FAKE, LAYERS, SMALL, fake_env, one_line, run_cli, start_cli, started, tmpfs
-from lambda_bench import cli, results, runner
+from helpers.store import LAYERS, SMALL, fake_env, fake_worker, one_line, run_cli, start_cli, started, tmpfs
+from lambda_bench import cli, results
 
 # 15 cases
 MANY = [*LAYERS, "--models", "lambda_conv,mhsa,sasa,axial,lambda", "--image-size", "8,16,32"]
-
-
-@pytest.fixture
-def fake_worker(monkeypatch, tmp_path):
-    log = tmp_path / "started.log"
-    monkeypatch.setattr(runner, "WORKER", FAKE)
-    for key, value in fake_env(log=log).items():
-        monkeypatch.setenv(key, value)
-    return log
 
 
 def _check_intact(out):

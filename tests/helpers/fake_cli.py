@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lambda_bench import cli, runner  # noqa: E402
+from lambda_bench import cli, preflight, runner  # noqa: E402
 
 runner.WORKER = (sys.executable, str(ROOT / "tests" / "helpers" / "fake_worker.py"))
+preflight.framework_missing = lambda framework: None  # the stand-in worker needs none
 sys.exit(cli.main(sys.argv[1:]))

@@ -22,6 +22,20 @@ LAYERS = ["run", "--models", "lambda,lambda_conv,mhsa,sasa,axial", "--frameworks
           "--batch-size", "2", "--threads", "1"]
 
 
+@pytest.fixture
+def fake_worker(monkeypatch, tmp_path):
+    """`cli.main` and `runner.run` in this process start the stand-in worker, which logs each start
+    to the returned path; the worker needs no framework, so none need be installed."""
+    from lambda_bench import preflight, runner
+
+    log = tmp_path / "started.log"
+    monkeypatch.setattr(runner, "WORKER", FAKE)
+    monkeypatch.setattr(preflight, "framework_missing", lambda framework: None)
+    for key, value in fake_env(log=log).items():
+        monkeypatch.setenv(key, value)
+    return log
+
+
 def fake_env(behaviour: dict[str, str] | None = None, log: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "FAKE_WORKER": json.dumps(behaviour or {})}
     if log is not None:
