@@ -231,11 +231,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sweep = runner.build_sweep(config, source)
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
     command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
-    print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}", flush=True)
+    # printed once the sweep has passed the checks that come before anything runs (a refused
+    # sweep says one line, on stderr)
+    header = [f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}"]
+
+    def progress(line: str) -> None:
+        if header:
+            print(header.pop(), flush=True)
+        print(line, flush=True)
+
     started = time.perf_counter()
     try:
-        run_dir = runner.run(sweep, out, resume=args.resume, command=command,
-                             progress=lambda line: print(line, flush=True))
+        run_dir = runner.run(sweep, out, resume=args.resume, command=command, progress=progress)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this message short
         wanted = {c.case_id for c in sweep.cases}
@@ -245,6 +252,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"continue with: {again}", file=sys.stderr, flush=True)
         return 130
     rows = results.read_rows(run_dir, problems=[])  # lines that are not rows were named at the start
+    if header:
+        print(header.pop())
     print()
     print(runner.summary_table(rows))
     counts: dict[str, int] = {}
