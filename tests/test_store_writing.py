@@ -4,6 +4,7 @@ line, loses no stored row, and `--resume` finishes; a CSV view that lags is rebu
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -109,6 +110,41 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_line(tmp_path):
             store.append({"case_id": "c", "status": "ok"})
         rows, csv_rows = _check_intact(out)
         assert [r["case_id"] for r in rows] == ["a", "c"] and csv_rows == 2
+
+
+class _DiskFillsMidLine:
+    """``os`` for lambda_bench.results, except that the disk fills during the next write: half the
+    bytes go to the file, then ENOSPC (as a write that crosses the last free block does). Runs
+    where no small file system can be mounted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        self.calls += 1
+        if self.calls == 1:
+            return os.write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_short_write_is_cut_off_again_wherever_it_happens(tmp_path, monkeypatch):
+    with results.Store(tmp_path) as store:
+        store.append({"case_id": "a", "status": "ok"})
+        size = (tmp_path / "results.jsonl").stat().st_size
+        fake_os = _DiskFillsMidLine()
+        monkeypatch.setattr(results, "os", fake_os)
+        with pytest.raises(results.StoreWriteError, match=r"could not write row 2 \(case b\): No space left on device; "
+                                                          r"rows 1..1 are intact"):
+            store.append({"case_id": "b", "status": "ok"})
+        assert fake_os.calls == 2  # the half line was written, then cut off
+        monkeypatch.undo()
+        assert (tmp_path / "results.jsonl").stat().st_size == size
+        store.append({"case_id": "c", "status": "ok"})
+    rows, csv_rows = _check_intact(tmp_path)
+    assert [r["case_id"] for r in rows] == ["a", "c"] and csv_rows == 2
 
 
 def _write_access(paths, allow: bool) -> None:
