@@ -173,7 +173,9 @@ def test_write_permission_lost_mid_sweep(tmp_path):
     args = [*LAYERS, "--models", "lambda_conv,mhsa,sasa", "--out", str(out)]
     proc = start_cli(args, fake_env({"mhsa": "slow", "sasa": "slow"}))
     deadline = time.time() + 60
-    while not results.read_rows(out, problems=[]) and time.time() < deadline and proc.poll() is None:
+    csv_view = out / "results.csv"  # rewritten after the row's line: row 1 is then wholly stored
+    while time.time() < deadline and proc.poll() is None and not (
+            csv_view.exists() and len(csv_view.read_text().splitlines()) >= 2):
         time.sleep(0.02)
     locked = [out / "results.jsonl", out]
     _write_access(locked, allow=False)
