@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 import json
+import math
 import os
 import signal
 import subprocess
@@ -429,6 +429,8 @@ def _sigint_deferred():
         return
     caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    if previous is None:  # a handler not installed from Python: restore Python's default
+        previous = signal.default_int_handler
     try:
         yield
     finally:
