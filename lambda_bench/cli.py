@@ -1,6 +1,7 @@
 """`lambda-bench`: the command line.
 
-Exit codes: 0 all good; 1 a check exceeded its tolerance; 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 all good; 1 a check exceeded its tolerance; 2 bad input, or a run directory that cannot
+be written (one line on stderr, no traceback); 130 interrupted (Ctrl-C; `run` says how to resume).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 from . import zoo
@@ -228,11 +231,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sweep = runner.build_sweep(config, source)
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
     command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
-    print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}", flush=True)
+    # printed once the sweep has passed the checks that come before anything runs (a refused
+    # sweep says one line, on stderr)
+    header = [f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}"]
+
+    def progress(line: str) -> None:
+        if header:
+            print(header.pop(), flush=True)
+        print(line, flush=True)
+
     started = time.perf_counter()
-    run_dir = runner.run(sweep, out, resume=args.resume, command=command,
-                         progress=lambda line: print(line, flush=True))
-    rows = results.read_rows(run_dir)
+    try:
+        run_dir = runner.run(sweep, out, resume=args.resume, command=command, progress=progress)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this message short
+        wanted = {c.case_id for c in sweep.cases}
+        stored = len({r.get("case_id") for r in results.read_rows(out, problems=[])} & wanted)
+        again = command + ("" if args.resume else " --resume") + ("" if args.out else f" --out {shlex.quote(out)}")
+        print(f"lambda-bench: interrupted: {stored} of {len(sweep.cases)} cases stored in {out}; "
+              f"continue with: {again}", file=sys.stderr, flush=True)
+        return 130
+    rows = results.read_rows(run_dir, problems=[])  # lines that are not rows were named at the start
+    if header:
+        print(header.pop())
     print()
     print(runner.summary_table(rows))
     counts: dict[str, int] = {}
@@ -371,14 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .results import StoreWarning
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command, recorded with a run
-    try:
-        return args.func(args)
-    except ValueError as exc:  # bad input, framework missing: one line, exit 2
-        print(f"lambda-bench: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        try:
+            return args.func(args)
+        except ValueError as exc:  # bad input, framework missing, a store that cannot be written: one line, exit 2
+            print(f"lambda-bench: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("lambda-bench: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            # the store's warnings (lines that are not rows, unknown columns) as one line each
+            for w in caught:
+                if issubclass(w.category, StoreWarning):
+                    print(f"lambda-bench: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ has it: ``--benchmark-save-data``). Benchmarks without those fields (not ours) a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,15 @@ def ingest(path: str | Path, out_dir: str | Path) -> tuple[int, Path]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{str(path)!r}: not JSON ({exc})") from None
     out = Path(out_dir)
-    rows = rows_from_benchmark_json(data, out.name)
-    store = results.Store(out)
-    done = store.done_case_ids()
-    store.write_env(results.environment({"source": f"pytest-benchmark file {path}",
-                                         "machine_info": data.get("machine_info")}))
+    rows = rows_from_benchmark_json(data, Path(os.path.abspath(out)).name)
     n = 0
-    for row in rows:
-        if row["case_id"] in done:
-            continue
-        store.append(row)
-        n += 1
+    with results.Store(results.check_out_dir(out)) as store:
+        done = store.done_case_ids()
+        store.write_env(results.environment({"source": f"pytest-benchmark file {path}",
+                                             "machine_info": data.get("machine_info")}))
+        for row in rows:
+            if row["case_id"] in done:
+                continue
+            store.append(row)
+            n += 1
     return n, out

@@ -1,24 +1,34 @@
 """The result-row schema, the run store (``results/<run-id>/``), environment metadata, pandas loading.
 
-A run directory holds ``results.jsonl`` (one JSON object per case, appended and flushed to disk as
-soon as the case ends: the source of truth), ``results.csv`` (the same rows as a CSV view, rewritten
-from the JSON lines after each row) and ``env.json`` (host, CPU, GPU, framework versions, git commit,
-the sweep config). A run killed at any moment loses at most the case in flight: a torn last line
-(SIGKILL mid-write) is dropped on load and cut off before the next append.
+A run directory holds ``results.jsonl`` (one JSON object per case, appended and synced to disk as
+soon as the case ends: the source of truth), ``results.csv`` (the same rows as a CSV view, rebuilt
+from the JSON lines), ``env.json`` (host, CPU, GPU, framework versions, git commit, the sweep
+config) and, while a writer has the directory, ``writer.lock``. The store's guarantees
+(docs/results-store.md):
+- one writer at a time: ``Store`` takes an exclusive lock on the directory; readers need none;
+- an append writes its whole line or nothing, so a run killed or stopped at any moment loses at
+  most the case in flight;
+- every line that is not a result row is named (file, line, why) and kept out of the data, never
+  silently dropped; rows of older or newer versions load.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 # Every row has every column (None where it does not apply). Order is the CSV's.
 COLUMNS: dict[str, str] = {
@@ -64,6 +74,7 @@ STATUSES = ("ok", "oom", "crashed", "timeout", "unsupported", "unavailable", "er
 ROWS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
 ENV_FILE = "env.json"
+LOCK_FILE = "writer.lock"
 
 
 def blank_row(**values: Any) -> dict[str, Any]:
@@ -93,73 +104,398 @@ def git_commit(repo: Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def read_rows(run_dir: Path | str) -> list[dict[str, Any]]:
-    """Every complete row of a run, in order; a torn last line (a killed writer) is skipped."""
+# --- reading rows -------------------------------------------------------------------------------
+
+class StoreWarning(UserWarning):
+    """Lines of results.jsonl that are not result rows, columns this version does not know, a lock
+    taken over from a writer that is gone."""
+
+
+class StoreLocked(ValueError):
+    """Another writer holds the run directory."""
+
+
+class StoreWriteError(ValueError):
+    """A row, the CSV view or env.json could not be written; what was stored before is intact."""
+
+
+_CASE_ID = re.compile(r'"case_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of results.jsonl that is not a result row: where it is, why, and the case it seems to
+    be about (read from the raw text, None where none can be read)."""
+    path: str
+    line: int
+    reason: str
+    case_id: str | None = None
+
+    def __str__(self) -> str:
+        about = f" (case {self.case_id})" if self.case_id else ""
+        return f"{self.path}:{self.line}: {self.reason}{about}"
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) or (None, why the line is not a row)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte {exc.start + 1})"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg}: column {exc.colno})"
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
+    if not isinstance(value, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+        return None, f"a JSON {kind}, not a row object"
+    def has(key: str) -> bool:
+        return isinstance(value.get(key), str) and bool(value[key])
+
+    if not has("status") or not (has("case_id") or has("model")):
+        return None, "an object without a status and a case_id or model: not a result row"
+    return value, None
+
+
+def _case_id_in(raw: bytes) -> str | None:
+    match = _CASE_ID.search(raw.decode("utf-8", "replace"))
+    if not match:
+        return None
+    try:
+        return json.loads(f'"{match.group(1)}"') or None
+    except json.JSONDecodeError:
+        return None
+
+
+def scan_rows(run_dir: Path | str) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """(every result row of a run in file order, every other non-blank line of results.jsonl)."""
     path = Path(run_dir) / ROWS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], []
+    rows: list[dict[str, Any]] = []
+    bad: list[BadLine] = []
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # only a torn write produces this, and only on the last line
+        row, reason = _parse_line(raw)
+        if row is not None:
+            rows.append(row)
+            continue
+        if number == len(lines) and reason.startswith("not JSON"):  # no newline after it
+            reason = "incomplete last line (a writer stopped in mid-write, or is writing it now)"
+        bad.append(BadLine(str(path), number, reason, _case_id_in(raw)))
+    return rows, bad
+
+
+def describe_bad_lines(bad: list[BadLine], limit: int = 10) -> str:
+    shown = "; ".join(str(b) for b in bad[:limit])
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} line(s) of {ROWS_FILE} left out, not result rows: {shown}{more}"
+
+
+def read_rows(run_dir: Path | str, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
+    """Every result row of a run, in order, as written. Lines that are not rows are left out and
+    named: added to ``problems`` when it is given, else in one StoreWarning."""
+    rows, bad = scan_rows(run_dir)
+    if problems is not None:
+        problems.extend(bad)
+    elif bad:
+        warnings.warn(StoreWarning(describe_bad_lines(bad)), stacklevel=2)
     return rows
 
 
-class Store:
-    """Append-only rows of one run directory."""
+def model_labels(model: str) -> dict[str, str]:
+    """kind, family and mixer of a registered model or layer name ({} for a name not registered)."""
+    from . import zoo
 
-    def __init__(self, run_dir: Path | str) -> None:
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows_path = self.dir / ROWS_FILE
-        self._repair()
+    if model in zoo.MODELS:
+        spec = zoo.MODELS[model]
+        return {"kind": "model", "family": zoo.family(spec),
+                "mixer": "+".join(sorted(set(getattr(spec, "mixers", ("mbconv",)))))}
+    if model in zoo.PRESETS:
+        return {"kind": "layer", "family": "layer", "mixer": model}
+    return {}
 
-    def _repair(self) -> None:
-        """Cut a torn last line so the next append starts on a line of its own."""
-        if not self.rows_path.exists():
+
+def complete_row(row: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    """``row`` with the columns an older version did not write filled where they follow from the
+    others (labels from the registry, throughput from the step time); nothing present is changed."""
+    out = dict(row)
+    if out.get("run_id") is None and run_id:
+        out["run_id"] = run_id
+    if isinstance(out.get("model"), str) and any(out.get(k) is None for k in ("kind", "family", "mixer")):
+        for key, value in model_labels(out["model"]).items():
+            if out.get(key) is None:
+                out[key] = value
+    median, batch = out.get("step_time_median_s"), out.get("batch_size")
+    if out.get("status") == "ok" and isinstance(median, (int, float)) and median > 0 and isinstance(batch, int):
+        if out.get("images_per_s") is None:
+            out["images_per_s"] = batch / median
+        if out.get("mode") == "train" and out.get("train_s_per_1024") is None:
+            out["train_s_per_1024"] = median * 1024 / batch
+    return out
+
+
+# --- writing rows -------------------------------------------------------------------------------
+
+def check_out_dir(out_dir: Path | str) -> Path:
+    """The run directory ``out_dir`` if a run can be written there: a directory or creatable, not
+    under a file, writable, and with a name (the run id). ValueError naming the problem."""
+    path = Path(out_dir).expanduser()
+    if not path.resolve().name:
+        raise ValueError(f"out={str(out_dir)!r}: a run directory needs a name (it is the run id), e.g. results/run1")
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path.resolve() else f"is under a file ({str(existing)!r})"
+        raise ValueError(f"out={str(out_dir)!r}: {where}, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only_fs(existing) else "no write permission"
+        raise ValueError(f"out={str(out_dir)!r}: cannot write in {str(existing)!r} ({why})")
+    return path
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+class _WriterLock:
+    """An exclusive flock on ``run_dir``/writer.lock, which holds the writer's pid, host and command.
+    The kernel drops a flock when its process dies, so a lock file found unlocked is a stale one
+    (a killed writer) and is taken over."""
+
+    def __init__(self, run_dir: Path, note: Callable[[str], None]) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.fd: int | None = None
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreWriteError(f"{run_dir}: cannot create {LOCK_FILE} there ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(_read_fd(fd))
+                os.close(fd)
+                raise StoreLocked(f"{run_dir}: another writer has this run directory ({holder}); only one "
+                                  "may write it: wait for that one to end, or choose another directory") from None
+            except OSError as exc:
+                os.close(fd)
+                raise StoreWriteError(f"{self.path}: cannot lock it ({exc.strerror})") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a writer that was just ending unlinked the file we locked: lock the new one
+        else:
+            raise StoreLocked(f"{run_dir}: could not take {LOCK_FILE} (other processes keep replacing it)")
+        self.fd = fd
+        previous = _read_fd(fd)
+        if previous.strip():
+            note(f"{run_dir}: took over the lock left by {_holder(previous)}: that writer is gone")
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
+                           "command": " ".join(sys.argv)[:300]})
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (mine + "\n").encode(), 0)
+        except OSError:
+            pass  # the lock is the flock; its text only helps a refused writer name the holder
+
+    def release(self) -> None:
+        if self.fd is None:
             return
-        data = self.rows_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
+        try:
+            os.unlink(self.path)  # before unlocking, so that no one takes a lock on a file being removed
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_fd(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']} since {info['since']}: {info['command']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "a writer that left no details"
+
+
+class Store:
+    """The one writer of a run directory: appends rows to results.jsonl, keeps results.csv a view
+    of them, writes env.json. Opening it takes the directory's lock (StoreLocked if another writer
+    has it), cuts an incomplete last line, removes temporary files a failed writer left and
+    rebuilds the CSV view; ``close()`` (or the end of a ``with`` block) releases the lock.
+    ``note`` receives what the store did on its own (default: a StoreWarning)."""
+
+    def __init__(self, run_dir: Path | str, note: Callable[[str], None] | None = None) -> None:
+        self.dir = Path(run_dir)
+        self.rows_path = self.dir / ROWS_FILE
+        self._note = note or (lambda text: warnings.warn(StoreWarning(text), stacklevel=3))
+        self._lock: _WriterLock | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(f"{self.dir}: cannot create the run directory ({exc.strerror})") from None
+        self._lock = _WriterLock(self.dir, self._note)
+        try:
+            cut = self._repair()
+            rows, bad = scan_rows(self.dir)
+            #: lines of results.jsonl that are not rows (left in place; an incomplete last line is cut)
+            self.bad_lines: list[BadLine] = bad + cut
+            self.count = len(rows)
+            for name in (CSV_FILE + ".tmp", ENV_FILE + ".tmp"):
+                (self.dir / name).unlink(missing_ok=True)
+            if self.rows_path.exists():
+                self.write_csv()  # a view that lags the JSON lines (a failed rewrite) is rebuilt here
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit; the kernel drops the flock anyway
+            pass
+
+    def close(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+    def _repair(self) -> list[BadLine]:
+        """Make the file end with a newline, so that the next append starts a line of its own: a
+        complete row that lost its newline gets one back; an incomplete last line is cut."""
+        try:
+            data = self.rows_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        if not data or data.endswith(b"\n"):
+            return []
+        keep = data.rfind(b"\n") + 1
+        tail = data[keep:]
+        row, _ = _parse_line(tail)
+        try:
             with open(self.rows_path, "r+b") as f:
-                f.truncate(keep)
+                if row is not None:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StoreWriteError(f"{self.rows_path}: cannot repair its last line ({exc.strerror})") from None
+        if row is not None or not tail.strip():
+            return []
+        cut = BadLine(str(self.rows_path), data.count(b"\n") + 1,
+                      f"incomplete last line ({len(tail)} bytes, a writer stopped in mid-write): cut",
+                      _case_id_in(tail))
+        self._note(str(cut))
+        return [cut]
 
     def done_case_ids(self) -> set[str]:
-        return {r["case_id"] for r in read_rows(self.dir) if r.get("case_id")}
+        return {r["case_id"] for r in read_rows(self.dir, problems=[]) if r.get("case_id")}
 
     def append(self, row: Mapping[str, Any]) -> None:
+        """Add one row: its line is written whole and synced to disk, or not at all (StoreWriteError
+        naming the row; the rows before it are intact). Then the CSV view is rewritten."""
+        if self._lock is None:
+            raise ValueError(f"{self.dir}: this store is closed")
         full = blank_row(**row)
-        with open(self.rows_path, "a") as f:
-            f.write(json.dumps(full, default=_jsonable) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.write_csv()
+        data = (json.dumps(full, default=_jsonable) + "\n").encode()
+        number = self.count + 1
+        what = f"row {number} (case {full.get('case_id')})"
+        intact = f"rows 1..{number - 1} are intact" if number > 1 else "no row was stored before it"
+        try:
+            fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreWriteError(f"{self.rows_path}: could not write {what}: {exc.strerror}; {intact}") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, size)  # no partial line stays behind
+                except OSError:
+                    pass  # then the next Store cuts it
+                raise StoreWriteError(f"{self.rows_path}: could not write {what}: {exc.strerror}; {intact}") from None
+        finally:
+            os.close(fd)
+        self.count = number
+        try:
+            self.write_csv()
+        except OSError as exc:
+            raise StoreWriteError(f"{self.dir / CSV_FILE}: {what} is stored in {ROWS_FILE}, but the CSV view could "
+                                  f"not be rewritten ({exc.strerror}); it is rebuilt from {ROWS_FILE} when the run "
+                                  "directory is next opened") from None
 
     def write_csv(self) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
-        for r in read_rows(self.dir):
+        for r in read_rows(self.dir, problems=[]):
             writer.writerow(r)
-        tmp = self.dir / (CSV_FILE + ".tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, self.dir / CSV_FILE)
+        _replace_text(self.dir / CSV_FILE, buf.getvalue())
 
     def write_env(self, env: Mapping[str, Any]) -> None:
         """env.json; an existing one (a resumed run) is kept and the new one added under "resumed"."""
         path = self.dir / ENV_FILE
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc}); repair it or move it away") from None
+            if not isinstance(old, dict):
+                raise ValueError(f"{path}: not a JSON object; repair it or move it away")
             old.setdefault("resumed", []).append(dict(env))
             env = old
-        tmp = self.dir / (ENV_FILE + ".tmp")
-        tmp.write_text(json.dumps(env, indent=2, default=_jsonable) + "\n")
+        try:
+            _replace_text(path, json.dumps(env, indent=2, default=_jsonable) + "\n")
+        except OSError as exc:
+            raise StoreWriteError(f"{path}: cannot write it ({exc.strerror})") from None
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole through a temporary file (a reader never sees a half-written one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -171,18 +507,28 @@ def _jsonable(value: Any) -> Any:
 
 
 def load(path: Path | str | Iterable[Path | str]):
-    """A pandas DataFrame of the rows of one or several run directories (or results.jsonl files)."""
+    """A pandas DataFrame of the rows of one or several run directories (or results.jsonl files).
+    Lines that are not rows are left out and named in a StoreWarning; rows from another version
+    load too: columns it did not write are filled where derivable (complete_row), columns this
+    version does not know come after the known ones, named in one StoreWarning."""
     import pandas as pd
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     rows: list[dict[str, Any]] = []
+    bad: list[BadLine] = []
     for p in paths:
         p = Path(p)
         run_dir = p.parent if p.is_file() else p
         if not (run_dir / ROWS_FILE).exists():
             raise ValueError(f"path={str(p)!r}: no {ROWS_FILE} there; not a lambda-bench run directory")
-        rows.extend(read_rows(run_dir))
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+        rows.extend(complete_row(r, run_dir.name) for r in read_rows(run_dir, problems=bad))
+    if bad:
+        warnings.warn(StoreWarning(describe_bad_lines(bad)), stacklevel=2)
+    unknown = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
+    if unknown:
+        warnings.warn(StoreWarning(f"column(s) {', '.join(unknown)}: not in this version's schema (written by "
+                                   "another version); loaded after the known columns"), stacklevel=2)
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, *unknown])
     for col in ("image_size", "batch_size", "threads", "n_steps", "params", "recompilations"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
@@ -190,6 +536,7 @@ def load(path: Path | str | Iterable[Path | str]):
                 "flops_counted", "wall_s"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     return frame
+
 
 
 def framework_versions() -> dict[str, str | None]:

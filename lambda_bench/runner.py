@@ -8,21 +8,24 @@ every ``[[group]]``). Everything is validated before anything runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from . import results, zoo
+from . import preflight, results, zoo
 from .backend import FRAMEWORKS
 from .measure import steps
 from .measure.timing import TimingConfig
@@ -151,11 +154,17 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
         raise ValueError("groups: must be a list of tables ([[groups]] in TOML)")
     # every framework gets the same CPU threads, recorded in each row: all the cores this process
     # may use unless the config says otherwise
-    threads = config.get("threads") or usable_cpus()
+    threads, usable = config.get("threads"), usable_cpus()
+    if threads is None:
+        threads = usable
     _positive("threads", threads)
+    if threads > usable:
+        raise ValueError(f"threads={threads}: this process may use {usable} CPU(s); give 1..{usable} "
+                         "(the worker is pinned to that many)")
     timeout = config.get("timeout_s", 600.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout_s={timeout!r}: must be a positive number of seconds")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"timeout_s={timeout!r}: must be a finite positive number of seconds")
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r}: must be a non-negative integer")
@@ -268,8 +277,10 @@ def override(config: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
 WORKER = (sys.executable, "-m", "lambda_bench.worker")
 
 
-def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] = WORKER) -> dict[str, Any]:
-    """Measure one case in a fresh process; always returns a row (the worker's, or crashed/timeout)."""
+def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Measure one case in a fresh process; always returns a row (the worker's, or crashed/timeout).
+    ``worker``: the worker command (default WORKER, looked up when called)."""
+    worker = worker or WORKER
     payload = {**dataclasses.asdict(case), "seed": sweep.seed, "timing": dataclasses.asdict(sweep.timing),
                "memory_limit_bytes": sweep.memory_limit_bytes, "parent_pid": os.getpid()}
     with tempfile.TemporaryDirectory(prefix="lambda-bench-") as tmp:
@@ -290,7 +301,9 @@ def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] = WORKER) -> dict
         wall = time.perf_counter() - start
         if result_path.exists():
             row = json.loads(result_path.read_text())
-            row.pop("pinned_cpus", None)
+            pinned = row.pop("pinned_cpus", None)
+            if pinned:
+                row["threads"] = len(pinned)  # what the worker got, which a remote machine may limit
             row["wall_s"] = wall
             return row
         tail = log_path.read_text(errors="replace")[-1500:].strip()
@@ -312,19 +325,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def case_row(case: Case, run_id: str, measured: Mapping[str, Any], commit: str | None, device_name: str) -> dict[str, Any]:
-    zcase = zoo.case(case.model, case.image_size, case.batch_size)
-    spec = zcase.spec
-    if zcase.is_model:
-        kind = "model"
-        mixers = sorted(set(getattr(spec, "mixers", ("mbconv",))))
-        mixer = "+".join(mixers)
-    else:
-        kind, mixer = "layer", case.model
     row = {"run_id": run_id, "case_id": case.case_id, "framework": case.framework, "model": case.model,
-           "family": zoo.family(spec) if kind == "model" else "layer", "kind": kind, "mixer": mixer,
-           "image_size": case.image_size, "batch_size": case.batch_size, "mode": case.mode,
-           "precision": case.precision, "compile": case.compile, "device": case.device, "device_name": device_name,
-           "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
+           **results.model_labels(case.model), "image_size": case.image_size, "batch_size": case.batch_size,
+           "mode": case.mode, "precision": case.precision, "compile": case.compile, "device": case.device,
+           "device_name": device_name, "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
     row.update({k: v for k, v in measured.items() if k in results.COLUMNS})
     if row.get("error") and len(str(row["error"])) > 4000:
         row["error"] = str(row["error"])[:3997] + "..."
@@ -340,29 +344,102 @@ def device_names() -> dict[str, str]:
 
 
 def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str = "",
-        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] = WORKER) -> Path:
-    """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case."""
-    out = Path(out_dir)
-    if out.exists() and (out / results.ROWS_FILE).exists() and not resume:
-        raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a new directory")
-    store = results.Store(out)
-    store.write_env(results.environment({**sweep.as_config(), "command": command}))
-    done = store.done_case_ids()
-    todo = [c for c in sweep.cases if c.case_id not in done]
-    commit, names = results.git_commit(), device_names()
-    total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
-    started = time.perf_counter()
-    for k, case in enumerate(todo, start=1):
-        if progress:
-            elapsed = time.perf_counter() - started
-            eta = f"{elapsed / (k - 1) * (len(todo) - k + 1):.0f} s" if k > 1 else "?"
-            progress(f"[{skipped + k}/{total}] {case.describe()}  (elapsed {elapsed:.0f} s, left ~{eta})")
-        measured = run_case(case, sweep, worker)
-        row = case_row(case, out.name, measured, commit, names.get(case.device, case.device))
-        store.append(row)
-        if progress:
-            progress(f"    -> {_one_line(row)}")
+        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] | None = None) -> Path:
+    """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case.
+    Before anything is measured: cases this machine cannot run are found (ValueError if that is all
+    of them), ``out_dir`` is checked and locked (ValueError naming the problem or the other writer).
+    A row that cannot be written stops the sweep (results.StoreWriteError); KeyboardInterrupt stops
+    the worker and leaves every stored row intact."""
+    worker = worker or WORKER
+    say = progress or (lambda line: None)
+    blocked = preflight.blocked(sweep.cases)
+    if len(blocked) == len(sweep.cases):
+        raise ValueError(f"none of the {len(sweep.cases)} cases of the sweep can run here: "
+                         f"{preflight.summary(blocked.values())}")
+    out = results.check_out_dir(out_dir)
+    run_id = Path(os.path.abspath(out)).name
+    with results.Store(out, note=say) as store:
+        if (store.count or store.bad_lines) and not resume:
+            raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a "
+                             "new directory")
+        store.write_env(results.environment({**sweep.as_config(), "command": command}))
+        done = store.done_case_ids()
+        todo = [c for c in sweep.cases if c.case_id not in done]
+        _say_unreadable(store.bad_lines, {c.case_id for c in todo}, say)
+        commit, names = results.git_commit(), device_names()
+        impossible = [c for c in todo if c.case_id in blocked]
+        if impossible:
+            say(f"{len(impossible)} of {len(sweep.cases)} cases cannot run here, stored without starting a worker: "
+                f"{preflight.summary(blocked[c.case_id] for c in impossible)}")
+            for case in impossible:
+                status, reason = blocked[case.case_id]
+                measured = {"status": status, "error": reason, "wall_s": 0.0, **_analytic(case)}
+                _append(store, case_row(case, run_id, measured, commit, names.get(case.device, case.device)))
+            todo = [c for c in todo if c.case_id not in blocked]
+        total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
+        started = time.perf_counter()
+        for k, case in enumerate(todo, start=1):
+            if progress:
+                elapsed = time.perf_counter() - started
+                eta = f"{elapsed / (k - 1) * (len(todo) - k + 1):.0f} s" if k > 1 else "?"
+                progress(f"[{skipped + k}/{total}] {case.describe()}  (elapsed {elapsed:.0f} s, left ~{eta})")
+            measured = run_case(case, sweep, worker)
+            row = case_row(case, run_id, measured, commit, names.get(case.device, case.device))
+            _append(store, row)
+            if progress:
+                progress(f"    -> {_one_line(row)}")
     return out
+
+
+def _say_unreadable(bad: list[results.BadLine], todo: set[str], say: Callable[[str], None]) -> None:
+    """Name the lines of the store that are not rows, and the cases measured again because of them."""
+    if not bad:
+        return
+    again = sorted({b.case_id for b in bad if b.case_id in todo})
+    say(results.describe_bad_lines(bad))
+    if again:
+        say(f"measured again because their lines are unreadable: {', '.join(again)}")
+    elif any(b.case_id is None for b in bad):
+        say("no case can be read from some of these lines: any case they held is measured again")
+
+
+def _analytic(case: Case) -> dict[str, Any]:
+    """The columns a worker fills before it needs the framework (params, analytic FLOPs)."""
+    from . import counting
+
+    zcase = zoo.case(case.model, case.image_size, case.batch_size)
+    return {"params": counting.params(zcase.spec),
+            "flops_analytic": counting.flops(zcase.spec, zcase.height, zcase.width)}
+
+
+def _append(store: results.Store, row: Mapping[str, Any]) -> None:
+    with _sigint_deferred():
+        try:
+            store.append(row)
+        except results.StoreWriteError as exc:
+            raise results.StoreWriteError(f"{exc}; the sweep stopped: once the directory can be written, "
+                                          "run it again with --resume to measure the rest") from None
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C while a row is written takes effect once the row is written whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    if previous is None:  # a handler not installed from Python: restore Python's default
+        previous = signal.default_int_handler
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and previous is not signal.SIG_IGN:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
 
 
 def _one_line(row: Mapping[str, Any]) -> str:

@@ -280,14 +280,29 @@ def spec_to_json(spec) -> str:
 
 
 def spec_from_json(text: str):
-    data = json.loads(text)
+    """The spec ``spec_to_json`` wrote; ValueError naming what does not fit (a key another version
+    wrote, a missing field, an invalid value)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"spec: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("spec: not a JSON object")
     kind = data.pop("type", "LambdaSpec")
     if kind not in SPEC_TYPES:
-        raise ValueError(f"spec type={kind!r}: unknown")
+        raise ValueError(f"spec type={kind!r}: unknown; types are {', '.join(SPEC_TYPES)}")
+    fields = [f.name for f in dataclasses.fields(SPEC_TYPES[kind])]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"spec key {unknown[0]!r}: not a field of {kind} (another version's spec?); "
+                         f"its fields are {', '.join(fields)}")
     for key in ("size", "mixers"):
         if data.get(key) is not None:
             data[key] = tuple(data[key])
-    return SPEC_TYPES[kind](**data)
+    try:
+        return SPEC_TYPES[kind](**data)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(f"spec of type {kind}: {exc}") from None
 
 
 def save(path: str | Path, spec, weights: Mapping[str, np.ndarray]) -> Path:
@@ -307,13 +322,18 @@ def load(path: str | Path) -> tuple[object, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file={str(path)!r}: no such file")
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        if "spec" not in meta:
-            raise ValueError(f"weights file={str(path)!r}: no lambda-bench spec in its metadata")
-        spec = spec_from_json(meta["spec"])
-        weights = {name: f.get_tensor(name) for name in f.keys()}
-    validate(spec, weights)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if "spec" not in meta:
+                raise ValueError("no lambda-bench spec in its metadata")
+            spec = spec_from_json(meta["spec"])
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+        validate(spec, weights)
+    except ValueError as exc:
+        raise ValueError(f"weights file={str(path)!r}: {exc}") from None
+    except Exception as exc:  # safetensors' own error type for a file that is not safetensors
+        raise ValueError(f"weights file={str(path)!r}: not a safetensors file ({exc})") from None
     return spec, weights
 
 

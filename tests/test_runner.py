@@ -151,15 +151,18 @@ def test_presets_are_valid_and_quick_covers_every_family_mixer_and_framework():
 
 
 def test_store_repairs_a_torn_line_before_appending(tmp_path):
-    store = results.Store(tmp_path)
-    store.append({"case_id": "a", "status": "ok"})
+    with results.Store(tmp_path) as store:
+        store.append({"case_id": "a", "status": "ok"})
     with open(tmp_path / "results.jsonl", "a") as f:
         f.write('{"case_id": "b", "sta')
-    assert [r["case_id"] for r in results.read_rows(tmp_path)] == ["a"]
-    store = results.Store(tmp_path)
-    store.append({"case_id": "c", "status": "oom"})
+    with pytest.warns(results.StoreWarning, match=r"results.jsonl:2: incomplete last line.*case b"):
+        assert [r["case_id"] for r in results.read_rows(tmp_path)] == ["a"]
+    notes = []
+    with results.Store(tmp_path, note=notes.append) as store:
+        assert len(notes) == 1 and "results.jsonl:2: incomplete last line" in notes[0] and "cut" in notes[0]
+        store.append({"case_id": "c", "status": "oom"})
+        with pytest.raises(ValueError, match="column 'nonsense'"):
+            store.append({"nonsense": 1})
     assert [r["case_id"] for r in results.read_rows(tmp_path)] == ["a", "c"]
-    with pytest.raises(ValueError, match="column 'nonsense'"):
-        store.append({"nonsense": 1})
     with pytest.raises(ValueError, match="not a lambda-bench run directory"):
         results.load(tmp_path / "nowhere")

@@ -45,16 +45,19 @@ def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, list[tuple[
 
 
 def _complete(rows: pd.DataFrame) -> pd.DataFrame:
-    """Fill what a row may lack (older or hand-written rows) from the registry, so grouping never
-    drops a row for a missing label."""
+    """Fill what a row may lack (older or hand-written rows; results.load fills what the registry
+    knows) so that grouping never drops a row for a missing label."""
     rows = rows.copy()
+    labels = ("status", "kind", "family", "mixer", "device_name", "device", "framework", "precision", "compile", "mode")
+    for col in labels:  # object, so that a column an older version left empty (all NaN) takes text
+        rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
     rows["status"] = rows["status"].fillna("unknown")
     is_layer = rows["kind"].eq("layer") | (rows["kind"].isna() & rows["model"].isin(zoo.PRESETS))
     rows["kind"] = rows["kind"].where(rows["kind"].notna(), is_layer.map({True: "layer", False: "model"}))
     family = rows["model"].map(lambda m: zoo.family(zoo.MODELS[m]) if m in zoo.MODELS else None)
-    rows["family"] = rows["family"].fillna(family).fillna("other")
-    rows.loc[rows["kind"].eq("layer") & rows["mixer"].isna(), "mixer"] = rows["model"]
-    for col in ("device_name", "device", "framework", "precision", "compile", "mode"):
+    rows["family"] = rows["family"].fillna(family).where(rows["family"].notna() | rows["kind"].ne("layer"), "layer")
+    rows["family"] = rows["family"].fillna("other")
+    rows["mixer"] = rows["mixer"].where(rows["mixer"].notna() | rows["kind"].ne("layer"), rows["model"])
+    for col in ("mixer", "device_name", "device", "framework", "precision", "compile", "mode"):
         rows[col] = rows[col].fillna("?")
     return rows
-
