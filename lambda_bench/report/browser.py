@@ -89,7 +89,7 @@ _MEASURE = """() => {
 
 
 def check(html: Path | str, png: Path | str | None = None, width: int = WIDTH, height: int = HEIGHT,
-          full_png: Path | str | None = None) -> list[str]:
+          full_png: Path | str | None = None, first_section: str = FIRST_SECTION) -> list[str]:
     """The problems of ``html`` seen ``width`` px wide (empty: none). ``png``: the first screen;
     ``full_png``: the whole page. BrowserMissing when Chromium or playwright is not there."""
     binary = ensure()
@@ -112,8 +112,8 @@ def check(html: Path | str, png: Path | str | None = None, width: int = WIDTH, h
             seen = page.evaluate(_MEASURE)
             problems += [f"too wide: {o}" for o in seen["overflow"]]
             problems += [f"image did not load: {i['src']}…" for i in seen["images"] if not i["ok"]]
-            if seen["first"] != FIRST_SECTION:
-                problems.append(f"first section is {seen['first']!r} ({seen['firstHeading']!r}), not {FIRST_SECTION!r}")
+            if seen["first"] != first_section:
+                problems.append(f"first section is {seen['first']!r} ({seen['firstHeading']!r}), not {first_section!r}")
             if png:
                 Path(png).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(png))

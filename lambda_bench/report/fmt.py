@@ -1,5 +1,5 @@
-"""Cells for people: one number format per column (the decimals chosen once from the column's largest
-value), units in the header, the settings every row shares lifted into the caption, a status in place
+"""Cells for people: one number format per column (the decimals chosen once, so that the column's
+smallest value keeps two significant digits), units in the header, the settings every row shares lifted into the caption, a status in place
 of a number that was not measured.
 
 Every helper takes a pandas Series and returns a Series of strings; the page shows these, the CSV
@@ -20,13 +20,13 @@ TIMES = "×"
 _SETTING_LABEL = {"batch_size": "batch {}", "image_size": "{} px"}
 
 
-def decimals(values: pd.Series, significant: int = 3, most: int = 3) -> int:
-    """Decimals that give the column's largest magnitude ``significant`` digits (0..``most``)."""
+def decimals(values: pd.Series, significant: int = 2, most: int = 3) -> int:
+    """Decimals that give the column's smallest non-zero magnitude ``significant`` digits (0..``most``)."""
     finite = pd.to_numeric(values, errors="coerce").abs()
     finite = finite[np.isfinite(finite) & (finite > 0)]
     if finite.empty:
         return 0
-    return int(min(most, max(0, significant - 1 - math.floor(math.log10(float(finite.max()))))))
+    return int(min(most, max(0, significant - 1 - math.floor(math.log10(float(finite.min()))))))
 
 
 def number(values: pd.Series, places: int | None = None, suffix: str = "", grouped: bool = False) -> pd.Series:
