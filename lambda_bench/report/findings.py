@@ -53,7 +53,7 @@ def pick(outcomes: list[Outcome]) -> tuple[Outcome, str]:
     if not others:
         return main, ""
     counts = pd.Series([o.verdict for o in others]).value_counts()
-    return main, (f" Other settings ({len(others)}): "
+    return main, (f". Other settings ({len(others)}): "
                   + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
 
 
@@ -62,7 +62,7 @@ def _finding(claim: str, paper: str, outcomes: list[Outcome], section: str, miss
         return Finding(claim, paper, "not measured", "cannot tell", f"not measured: {missing}", section)
     main, note = pick(outcomes)
     measured = f"{main.measured} ({main.setting})" if main.setting else main.measured
-    return Finding(claim, paper, measured, main.verdict, main.why + note, section)
+    return Finding(claim, paper, measured, main.verdict, main.why.rstrip(".") + note, section)
 
 
 # --- Figure 4: speed-up at matched accuracy ---------------------------------------------------------

@@ -168,6 +168,7 @@ def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: st
         ax.annotate(figures.label(p["model"], p["image_size"]), (p[x], p["top1"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel(xlabel)
     ax.set_ylabel("published top-1 (%)")
     figures.legend_outside(fig, ax, bool(points["flagged"].any()))
@@ -232,6 +233,7 @@ def _paper_figure(speed: pd.DataFrame) -> Figure:
         ax.annotate(f"{name}@{p['image_size']}", (p["train_s_per_1024"], p["top1"]), fontsize=7,
                     xytext=(4, -10), textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)
     ax.set_xlabel("training step time for 1024 images (s, log)")
     ax.set_ylabel("top-1 (%)")
     figures.legend_outside(fig, ax)
