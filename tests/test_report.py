@@ -360,3 +360,63 @@ def test_include_flagged_lets_them_decide(flagged_run):
     assert b5["speedup"] == pytest.approx((1024 / 0.5) / t)
     memory = next(x for x in lines if "less memory than self-attention" in x)
     assert "**Holds**" in memory and "axial 2.00×" in memory
+
+
+# --- comparison of two runs -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A: the fixture's model rows. B: the same cases twice as fast with 10% more memory, one flagged,
+    one missing and one new."""
+    from helpers.report_rows import BUSY, quality_schema
+
+    base = tmp_path_factory.mktemp("compare")
+    a_rows = list(model_rows())
+    b_rows = []
+    for row in a_rows:
+        row = dict(row)
+        if row["model"] == "efficientnet_b1" and row["device_name"] == "Test CPU A":
+            continue  # measured in A only
+        if row["status"] == "ok":
+            row.update(step_time_median_s=row["step_time_median_s"] / 2, images_per_s=row["images_per_s"] * 2,
+                       peak_mem_bytes=row["peak_mem_bytes"] * 1.1)
+        if row["case_id"] == "resnet50|torch|224|8|train|fp32|eager|cpu":
+            row.update(step_time_median_s=row["step_time_median_s"] * 10, flags=BUSY)
+        b_rows.append(row)
+    b_rows.append({**a_rows[0], "batch_size": 64, "case_id": "resnet50|torch|224|64|infer|fp32|eager|cpu"})
+    with quality_schema():
+        a = write_run(base / "a", a_rows)
+        b = write_run(base / "b", b_rows)
+        from lambda_bench import cli
+        assert cli.main(["report", str(a), str(b), "--compare", "--out", str(base / "out")]) == 0
+        yield a, b, base / "out"
+
+
+def test_compare_ratios_per_case(two_runs):
+    _, _, out = two_runs
+    table = pd.read_csv(out / "tables" / "compare.csv").set_index("case_id")
+    clean = table[~table["flagged"]]
+    assert clean["speed_b_over_a"].dropna().to_numpy() == pytest.approx(2.0)
+    assert clean["memory_b_over_a"].dropna().to_numpy() == pytest.approx(1.1)
+    busy = table.loc["resnet50|torch|224|8|train|fp32|eager|cpu"]
+    assert busy["flagged"] and busy["speed_b_over_a"] == pytest.approx(0.2)
+    assert table.loc[table["a_status"] == "crashed", "speed_b_over_a"].isna().all()
+    unmatched = pd.read_csv(out / "tables" / "compare_unmatched.csv")
+    assert sorted(unmatched["only_in"]) == ["A", "A", "A", "A", "B"]
+    text = (out / "report.md").read_text()
+    assert text.index("## Summary") < text.index("## Per case")
+    assert "geometric mean 2.00×" in text and "1 flagged in either run" in text
+    assert "B: busy machine" in text  # the flagged case is marked in the table with its reason
+    assert "B is 2.00× A's speed" in text  # the figure's takeaway leaves the flagged case out
+
+
+def test_compare_needs_two_runs(two_runs, tmp_path, capsys):
+    from lambda_bench import cli
+
+    a, b, _ = two_runs
+    assert cli.main(["report", str(a), "--compare", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "exactly two run directories" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["report", str(a), str(b), str(a), "--compare"]) == 2
+    assert cli.main(["report", str(a), str(tmp_path / "missing"), "--compare", "--out", str(tmp_path / "y")]) == 2
+    assert "no such directory" in capsys.readouterr().err

@@ -269,7 +269,7 @@ h1, h2, h3 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 h1 { font-size: 1.5em; }
 .box { max-width: 100%; overflow-x: auto; margin: .5em 0 1.5em; }
 table { border-collapse: collapse; font-size: 0.85em; }
-.view table, table.findings { width: 100%; }
+table.findings { width: 100%; }
 .view td, .view th, .findings td, .findings th { overflow-wrap: anywhere; }
 .raw td { white-space: nowrap; max-width: 40em; overflow: hidden; text-overflow: ellipsis; }
 caption { text-align: left; font-style: italic; padding: .3em 0; }
