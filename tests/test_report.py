@@ -420,3 +420,17 @@ def test_compare_needs_two_runs(two_runs, tmp_path, capsys):
     assert cli.main(["report", str(a), str(b), str(a), "--compare"]) == 2
     assert cli.main(["report", str(a), str(tmp_path / "missing"), "--compare", "--out", str(tmp_path / "y")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_screenshot_without_browser(tmp_path, monkeypatch, capsys):
+    from lambda_bench.report import browser, screenshot
+
+    page = tmp_path / "report.html"
+    page.write_text("<html><body>x</body></html>")
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    assert screenshot.main([str(page)]) == 1
+    err = capsys.readouterr().err
+    assert "no headless Chromium available" in err and ("apt-get install" in err or "pip install playwright" in err)
+    assert screenshot.main([str(tmp_path / "missing.html")]) == 2
+    with pytest.raises(browser.BrowserMissing, match="apt-get install -y chromium"):
+        browser.chromium()

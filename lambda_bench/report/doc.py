@@ -209,8 +209,10 @@ def _html_findings(block: Findings) -> str:
             f"<tr><td>{inline_html(f.claim)}</td><td>{inline_html(f.paper)}</td><td>{inline_html(f.measured)}</td>"
             f'<td class="verdict verdict-{slug(f.verdict)}"><strong>{html.escape(f.verdict)}</strong>: '
             f'{inline_html(f.why)}</td><td><a href="#{anchor(f.section)}">{html.escape(f.section)}</a></td></tr>')
-    return ('<div class="box"><table class="findings"><thead><tr><th>Claim</th><th>Paper</th><th>Measured</th>'
-            f"<th>Verdict</th><th>Evidence</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    widths = "".join(f'<col style="width:{w}%">' for w in (22, 19, 23, 26, 10))
+    return (f'<div class="box"><table class="findings"><colgroup>{widths}</colgroup><thead><tr><th>Claim</th>'
+            "<th>Paper</th><th>Measured</th><th>Verdict</th><th>Evidence</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def _shown(block: Table) -> pd.DataFrame:
