@@ -80,6 +80,8 @@ def settings(frame: pd.DataFrame, columns: list[str] | None = None) -> tuple[pd.
     the settings every row shares, for the caption). Rows with the setting missing (a paper row
     nobody measured) do not count as varying."""
     columns = [c for c in (columns or SETTINGS) if c in frame.columns]
+    if "device_name" in columns and "device" in columns:
+        columns.remove("device")  # "cpu" / "cuda" adds nothing to the device's name
     shared, varying = [], []
     for col in columns:
         present = frame[col].dropna()
