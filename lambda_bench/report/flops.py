@@ -28,7 +28,7 @@ def flops_view(table: pd.DataFrame) -> pd.DataFrame:
     counted = table.pivot_table(index=keys, columns="framework", values="flops_counted", aggfunc="first")
     frameworks = list(counted.columns)[:MAX_VIEW_COLUMNS - 4]
     view = pd.DataFrame({"Model": [k[1] for k in first.index], "Image (px)": [k[2] for k in first.index],
-                         "Params (M)": fmt.millions(first["params"]).to_numpy(),
+                         "Params (M)": fmt.number(first["params"] / 1e6).to_numpy(),
                          "Analytic (GFLOPs)": fmt.number(first["flops_analytic"] / 1e9).to_numpy()})
     for fw in frameworks:
         gflops = counted[fw].reindex(first.index) / 1e9

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     print(f"no problem at {args.width} px: nothing wider than the window outside the appendix, every image "
-          "loaded, no console error, findings first")
+          f"loaded, no console error, section {args.first_section!r} first")
     return 0
 
 
