@@ -22,6 +22,7 @@ CASES = "Per case"
 CHANGED = "What changed between the runs"
 NOTICEABLE = 0.10  # a ratio further than 10% from 1 counts as faster / slower in the summary
 ENV_FIELDS = ("host", "cpu", "cpus_usable", "gpus", "platform", "python", "versions", "git_commit")
+TICKS = (0.05, 0.1, 0.2, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 5, 10, 20)  # ratios people read
 KEY_PARTS = ["model", "framework", "image_size", "batch_size", "mode", "precision", "compile", "device"]
 
 
@@ -140,13 +141,22 @@ def _figure(table: pd.DataFrame) -> Figure | None:
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(data) + 1.6))
     y = np.arange(len(data))
     clean = ~data["flagged"]
-    ax.barh(y[clean], data.loc[clean, "speed_b_over_a"], color="#4c72b0", label="speed B/A")
-    ax.barh(y[~clean], data.loc[~clean, "speed_b_over_a"], facecolor="none", edgecolor="#4c72b0", hatch="//",
-            label="flagged (hollow): left out of the summary")
+    # bars grow from 1 (no change) to the ratio, left for slower, right for faster
+    ratio = data["speed_b_over_a"]
+    ax.barh(y[clean], ratio[clean] - 1, left=1, color="#4c72b0", label="speed B/A")
+    if (~clean).any():
+        ax.barh(y[~clean], ratio[~clean] - 1, left=1, facecolor="none", edgecolor="#4c72b0", hatch="//",
+                label="flagged (hollow): left out of the summary")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    low, high = float(ratio.min()), float(ratio.max())
+    ax.set_xlim(min(low, 1 / 1.1) / 1.15, max(high, 1.1) * 1.15)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    ax.xaxis.set_major_locator(FixedLocator([t for t in TICKS if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
     ax.set_yticks(y, data["label"], fontsize=7)
-    ax.set_xlabel("speed B/A (A's step time ÷ B's, ×, log; > 1: B faster)")
+    ax.set_xlabel("speed B/A (A's step time ÷ B's, log; > 1: B faster)")
     figures.legend_outside(fig, ax)
     ax.set_title("Speed of run B relative to run A, per case", fontsize=10)
     fig.tight_layout()
