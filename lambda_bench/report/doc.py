@@ -262,7 +262,8 @@ def _html_table(block: Table, csv_path: str) -> str:
 
 _STATUS_CLASSES = {"oom", "crashed", "timeout", "unsupported", "unavailable", "error", "flagged"}
 
-# Page tables wrap their cells (long words break anywhere) so they never need sideways scrolling;
+# Page tables wrap their cells (long values break anywhere, headers between words) so they never need
+# sideways scrolling;
 # raw appendix tables keep one line per cell and scroll inside their own box.
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222;
@@ -272,7 +273,8 @@ h1 { font-size: 1.5em; }
 .box { max-width: 100%; overflow-x: auto; margin: .5em 0 1.5em; }
 table { border-collapse: collapse; font-size: 0.85em; }
 table.findings { width: 100%; }
-.view td, .view th, .findings td, .findings th { overflow-wrap: anywhere; }
+.view td, .findings td { overflow-wrap: anywhere; }
+.view th, .findings th { overflow-wrap: break-word; hyphens: auto; }
 .raw td { white-space: nowrap; max-width: 40em; overflow: hidden; text-overflow: ellipsis; }
 caption { text-align: left; font-style: italic; padding: .3em 0; }
 th, td { border: 1px solid #ccc; padding: .2em .5em; text-align: left; vertical-align: top; }

@@ -77,9 +77,11 @@ def _figure(group: pd.DataFrame, device_name: str, precision: str) -> Figure:
     for metric, scale in SCALE.items():
         data[metric] = data[metric] * scale
     modes = sorted(data["mode"].unique())
-    fig, axes = plt.subplots(len(METRICS), len(modes), figsize=(6 * len(modes) + 1.8, 9), squeeze=False)
+    metrics = {m: label for m, label in METRICS.items() if data[m].notna().any()}  # no empty panel rows
+    fig, axes = plt.subplots(len(metrics), len(modes), figsize=(6 * len(modes) + 1.8, 3 * len(metrics)),
+                             squeeze=False)
     for j, mode in enumerate(modes):
-        for i, (metric, label) in enumerate(METRICS.items()):
+        for i, (metric, label) in enumerate(metrics.items()):
             ax = axes[i][j]
             shown = data[(data["mode"] == mode) & data[metric].notna()]
             if not shown.empty:
