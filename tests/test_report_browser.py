@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("seaborn")
 
 from conftest import require_browser  # noqa: E402
-from helpers.report_rows import flagged_rows, layer_rows, model_rows, quality_schema, write_run  # noqa: E402
+from helpers.report_rows import (flagged_rows, layer_rows, model_rows, quality_schema,  # noqa: E402
+                                 quick_shaped_rows, write_run)
 from lambda_bench.report import browser, compare, render  # noqa: E402
 from lambda_bench.report.doc import Heading, Table, Text, write  # noqa: E402
 
@@ -45,6 +46,20 @@ def test_fixture_report_reads_well_at_1280(artifacts):
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
     # the first screen is 1280 px wide
     assert int.from_bytes((out / "screenshot.png").read_bytes()[16:20], "big") == 1280
+
+
+def test_quick_preset_shaped_report_reads_well_at_1280(artifacts):
+    """The quick preset's 80 cases (made-up figures): findings first with a line per claim, and the
+    Table 3, 4 and 12 sections (like every section outside the appendix) within 1280 px."""
+    require_browser()
+    with quality_schema():
+        run = write_run(artifacts / "runs" / "quick-shaped", list(quick_shaped_rows()), "lambda-bench run --preset quick")
+        out = artifacts / "report-quick-shaped"
+        render([run], out)
+    assert browser.check(out / "report.html", out / "screenshot.png") == []
+    findings = (out / "report.md").read_text().split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert sum(line.startswith("- **") for line in findings.splitlines()) == 10
+    assert "Cannot tell**: not measured" not in findings  # the quick preset measures every claim
 
 
 def test_check_fails_on_a_page_that_breaks_each_rule(tmp_path):

@@ -125,3 +125,34 @@ def flagged_rows():
                              interference=0.38 if flags else 0.0, rel_iqr=0.02, remeasured=1 if flags else 0,
                              case_id=f"{mixer}|torch|{size}|2|train|fp32|eager|cpu"))
     return rows
+
+
+def quick_shaped_rows(seed: int = 0):
+    """One row per case of the quick preset (its 80 cases: three frameworks, models at their
+    published sizes, every mixer over several sizes) with made-up figures: what its report looks
+    like without measuring anything. mhsa runs out of memory at 64 px; every 17th case is flagged."""
+    import numpy as np
+
+    from lambda_bench import counting, runner, zoo
+
+    rng = np.random.default_rng(seed)
+    for i, case in enumerate(runner.build_sweep(runner.preset("quick"), "preset quick").cases):
+        spec = zoo.MODELS.get(case.model)
+        size = case.image_size or spec.image_size
+        n = size * size
+        params = counting.params(spec) if spec else 10_000
+        per_image = (params / 1e6 + 1) * n / 5e4 if spec else 1e-5 * n ** (2 if case.model == "mhsa" else 1)
+        step = per_image * (3 if case.mode == "train" else 1) * case.batch_size * rng.uniform(0.9, 1.1)
+        ok = not (case.model == "mhsa" and size == 64)
+        flags = BUSY if i % 17 == 5 else ""
+        yield _row(case_id=case.case_id, model=case.model, family=zoo.family(spec) if spec else "layer",
+                   kind="model" if spec else "layer", mixer=None if spec else case.model, framework=case.framework,
+                   image_size=size, batch_size=case.batch_size, mode=case.mode,
+                   compile=case.compile, device=case.device, device_name="Test CPU (quick-shaped)",
+                   status="ok" if ok else "oom", error=None if ok else "out of memory",
+                   step_time_median_s=step if ok else None, images_per_s=case.batch_size / step if ok else None,
+                   train_s_per_1024=1024 * step / case.batch_size if ok and case.mode == "train" else None,
+                   peak_mem_bytes=params * 16 + n * 4e4 * (n / 1000 if case.model == "mhsa" else 1) if ok else None,
+                   first_call_s=step * 5 if ok else None, mem_source="test", params=params,
+                   flops_analytic=counting.flops(spec) if spec else None, flags=flags, rel_iqr=0.05,
+                   interference=0.38 if flags else 0.0, remeasured=1 if flags else 0)
