@@ -290,9 +290,17 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import render
+    from .report import compare, render
 
-    path = render(args.run_dirs, args.out, accuracy=args.accuracy)
+    if args.compare:
+        if len(args.run_dirs) != 2:
+            raise UsageError(f"--compare: give exactly two run directories (A then B), got {len(args.run_dirs)}")
+        if args.accuracy or args.include_flagged:
+            raise UsageError("--compare: --accuracy and --include-flagged apply to a report, not a comparison")
+        path = compare(*args.run_dirs, args.out or "reports/compare")
+    else:
+        path = render(args.run_dirs, args.out or "reports/latest", accuracy=args.accuracy,
+                      include_flagged=args.include_flagged)
     print(f"report: {path} (and {os.path.join(os.path.dirname(str(path)), 'report.html')})")
     return 0
 
@@ -383,10 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write (results.jsonl / .csv)")
     p.set_defaults(func=_cmd_ingest)
 
-    p = sub.add_parser("report", help="render report.md / report.html and figures from run directories")
+    p = sub.add_parser("report", help="render report.md / report.html and figures from run directories",
+                       description="The paper's claims with a verdict each, then figures and tables, from one or "
+                                   "several run directories; with --compare, run B against run A case by case "
+                                   "(docs/reports.md).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="reports/latest", help="report directory (default reports/latest)")
+    p.add_argument("--out", help="report directory (default reports/latest; with --compare reports/compare)")
     p.add_argument("--accuracy", metavar="FILE.csv", help="your own top-1 table; it takes precedence")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="let flagged measurements (busy machine, unstable timings) into the fitted slopes, the "
+                        "speed-ups and the verdicts; by default they are shown hollow and left out")
+    p.add_argument("--compare", action="store_true",
+                   help="two run directories A B: per case in both, B's speed and memory as a ratio of A's")
     p.set_defaults(func=_cmd_report)
     return parser
 

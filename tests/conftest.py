@@ -38,3 +38,16 @@ def require_or_skip(module: str, group: str, reason: str | None = None):
 def pytest_addoption(parser):
     parser.addoption("--lambda-bench-large", action="store_true", default=False,
                      help="tests/benchmarks/test_models.py: models at their published size, layers at 56x56")
+
+
+def require_browser():
+    """The system Chromium and playwright, for the browser tests: skipped without them unless
+    LAMBDA_BENCH_REQUIRE names "browser" (CI), where their absence fails the test."""
+    from lambda_bench.report import browser
+
+    try:
+        return browser.ensure()
+    except browser.BrowserMissing as exc:
+        if "browser" in REQUIRED:
+            pytest.fail(f"LAMBDA_BENCH_REQUIRE names browser: {exc}")
+        pytest.skip(str(exc))

@@ -18,72 +18,13 @@ pytest.importorskip("matplotlib")
 from lambda_bench.report import load_accuracy, render  # noqa: E402
 from lambda_bench.report import pareto, scaling  # noqa: E402
 from lambda_bench.report.render import SECTIONS  # noqa: E402
-
-DEVICES = {"Test CPU A": ("cpu", 1.0), "Test GPU B": ("cuda", 20.0)}  # name -> (device, speed factor)
-FRAMEWORKS = {"torch": ("eager", 1.0), "jax": ("compiled", 1.25)}
-MODELS = {  # name -> (image size, family, params, images/s on Test CPU A / torch / infer)
-    "resnet50": (224, "resnet", 25_557_032, 40.0),
-    "lambda_resnet50": (224, "lambda_resnet", 15_000_000, 16.0),
-    "lambda_resnet50_ccll": (224, "lambda_resnet", 16_000_000, 30.0),
-    "efficientnet_b0": (224, "efficientnet", 5_288_548, 50.0),
-    "efficientnet_b1": (240, "efficientnet", 7_794_184, 20.0),
-}
-LAYER_SIZES = (16, 32, 64)
-EXPONENT = {"mhsa": 2.0, "lambda_conv": 1.0}  # in n = size²: what the synthetic layer rows follow
-BATCH = 8
-CRASH = ("efficientnet_b1", "jax", "train", "Test GPU B")
-
-
-def _row(**values):
-    return results.blank_row(run_id="fixture", git_commit="abc123", precision="fp32", threads=2,
-                             timestamp="2025-01-01T00:00:00+00:00", **values)
-
-
-def model_rows():
-    for device_name, (device, speed) in DEVICES.items():
-        for framework, (compile_mode, fw_speed) in FRAMEWORKS.items():
-            for mode, mode_speed in (("infer", 1.0), ("train", 1 / 3)):
-                for model, (size, family, params, base) in MODELS.items():
-                    ips = base * speed * fw_speed * mode_speed
-                    row = dict(model=model, family=family, kind="model", framework=framework, mode=mode,
-                               image_size=size, batch_size=BATCH, compile=compile_mode, device=device,
-                               device_name=device_name, status="ok", images_per_s=ips,
-                               step_time_median_s=BATCH / ips, first_call_s=2.0 / fw_speed,
-                               peak_mem_bytes=params * 16.0 * (3 if mode == "train" else 1),
-                               mem_source="test", params=params, flops_analytic=4.0e9 * params / 25e6,
-                               flops_counted=4.2e9 * params / 25e6, flops_counter=f"{framework} counter",
-                               train_s_per_1024=1024 / ips if mode == "train" else None,
-                               case_id=f"{model}|{framework}|{size}|{BATCH}|{mode}|fp32|{compile_mode}|{device}")
-                    if (model, framework, mode, device_name) == CRASH:
-                        row.update(status="crashed", error="worker died: Segmentation fault", images_per_s=None,
-                                   step_time_median_s=None, train_s_per_1024=None, peak_mem_bytes=None)
-                    yield _row(**row)
-
-
-def layer_rows():
-    for mixer, exponent in EXPONENT.items():
-        for size in LAYER_SIZES + (128,):
-            n = size * size
-            row = dict(model=mixer, mixer=mixer, family="layer", kind="layer", framework="torch", mode="infer",
-                       image_size=size, batch_size=2, compile="eager", device="cpu", device_name="Test CPU A",
-                       status="ok", peak_mem_bytes=1000.0 * n ** exponent, step_time_median_s=1e-6 * n ** exponent,
-                       mem_source="test", case_id=f"{mixer}|torch|{size}|2|infer|fp32|eager|cpu")
-            if size == 128:
-                if mixer != "mhsa":
-                    continue
-                row.update(status="oom", error="out of memory at 128", peak_mem_bytes=None, step_time_median_s=None)
-            yield _row(**row)
+from helpers.report_rows import EXPONENT, MODELS, _row, layer_rows, model_rows, write_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs") / "fixture"
-    store = results.Store(path)
-    for row in [*model_rows(), *layer_rows()]:
-        store.append(row)
-    env = results.environment({"command": "lambda-bench run --models resnet50 --frameworks torch,jax"})
-    store.write_env(env)
-    return path
+    # written with the schema of rows before measurement-quality columns existed: they count as clean
+    return write_run(tmp_path_factory.mktemp("runs") / "fixture", [*model_rows(), *layer_rows()])
 
 
 # between the fixture's two LambdaResNets (78.3 and 78.4): the measured speed-up of B1 becomes defined
@@ -261,13 +202,235 @@ def test_no_accuracy_matched_models(tmp_path):
     assert "no layer rows" in text and "No model or layer was measured with the same settings" in text
 
 
+# --- findings, tables for people, flags ------------------------------------------------------------
+
+def findings_lines(md_text: str) -> list[str]:
+    section = md_text.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("- **")]
+
+
+def test_findings_come_first_with_a_verdict_per_claim(report):
+    out, md = report
+    text = md.read_text()
+    assert text.index("## Findings") < min(text.index(f"## {h}") for h in SECTIONS[1:])
+    lines = findings_lines(text)
+    claims = ["EfficientNets at equal top-1", "less memory than self-attention", "more throughput than self-attention",
+              "Table 12 ordering", "memory grows as n²", "step time grows as n²", "Parameter count of lambda layer, |u|=4"]
+    for claim in claims:
+        line = next((x for x in lines if claim in x), None)
+        assert line is not None, claim
+        assert re.search(r"\*\*(Holds|Does not hold|Cannot tell)\*\*: \S", line), line
+        assert re.search(r"\(\[details\]\(#[a-z0-9-]+\)\)$", line), line
+    html = (out / "report.html").read_text()
+    first = re.search(r"<section id=\"([^\"]+)\"", html).group(1)
+    assert first == "findings"
+    # every link of the findings points at a section or heading of the page
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    for target in re.findall(r'href="#([^"]+)"', html):
+        assert target in ids, target
+
+
+def test_findings_verdicts_follow_the_rows(report):
+    lines = findings_lines(report[1].read_text())
+    by = {claim: next(x for x in lines if claim in x) for claim in
+          ("memory grows as n²", "Table 12 ordering", "|u|=4", "Parameter count of conv baseline",
+           "EfficientNets at equal top-1")}
+    # synthetic layers follow n^1 (lambda_conv) and n^2 (mhsa) exactly
+    assert "lambda_conv n^1.00, mhsa n^2.00" in by["memory grows as n²"] and "**Holds**" in by["memory grows as n²"]
+    # CCCC (resnet50) 40 > CCLL 30 > LLLL 16 images/s in every setting, as the paper orders them
+    assert "**Holds**" in by["Table 12 ordering"]
+    assert "16,531,880" in by["|u|=4"] and "16.0M" in by["|u|=4"] and "**Does not hold**" in by["|u|=4"]
+    assert "1.033×" in by["|u|=4"]
+    assert "25,557,032" in by["Parameter count of conv baseline"] and "**Holds**" in by["Parameter count of conv baseline"]
+    # B1's top-1 (78.35, user file) sits between the two LambdaResNets: matched at 2.2x < 3.2x
+    assert "**Does not hold**" in by["EfficientNets at equal top-1"]
+
+
+def test_table3_shows_paper_and_ours_with_the_ratio(report):
+    t3 = table(report, "paper_table3_params").set_index("model")
+    assert t3.loc["lambda_resnet50_u4", "params"] == 16_531_880
+    assert t3.loc["lambda_resnet50_u4", "paper_params_m"] == 16.0
+    assert t3.loc["lambda_resnet50_u4", "ours_over_paper"] == pytest.approx(16.53188 / 16.0)
+    text = report[1].read_text()
+    assert "| lambda layer, \\|u\\|=4 | lambda_resnet50_u4 | 16.0 | 16,531,880 | 1.03× |" in text
+
+
+def test_page_tables_are_small_with_units_and_settings_in_the_caption(report):
+    out, md = report
+    text = md.read_text()
+    body = text.split("## Appendix", 1)[0]
+    headers = [line for line in body.splitlines() if line.startswith("| ") and
+               body.splitlines()[body.splitlines().index(line) + 1].startswith("|---")]
+    assert headers
+    for header in headers:
+        assert header.count(" | ") + 1 <= 10, header
+        for raw in ("peak_mem_bytes", "paper_throughput_vs_conv", "conv_baseline", "device_name"):
+            assert raw not in header, header
+    assert "Memory, ours (MB)" in body and "Throughput, ours (img/s)" in body and "÷ conv, ours" in body
+    # the appendix keeps every column of the raw rows
+    appendix = text.split("## Appendix", 1)[1]
+    assert "step_time_median_s" in appendix and "peak_mem_bytes" in appendix
+
+
+def test_one_number_format_per_column():
+    from lambda_bench.report import fmt
+
+    mb = fmt.mb(pd.Series([1.5e9, 2.0e6, 123_456.0, None]))
+    assert list(mb) == ["1,500.00", "2.00", "0.12", ""]  # the smallest keeps 2 digits; thousands grouped
+    assert list(fmt.ms(pd.Series([0.0123, 0.5]))) == ["12", "500"]
+    assert list(fmt.ms(pd.Series([0.000012, 0.5]))) == ["0.012", "500.000"]
+    assert list(fmt.ratio(pd.Series([1.0, 0.456]))) == ["1.00×", "0.46×"]
+    assert list(fmt.unless_ok(pd.Series(["1", ""]), pd.Series(["ok", "oom"]))) == ["1", "oom"]
+    cell, shared = fmt.settings(pd.DataFrame({"device_name": ["A", "A"], "framework": ["torch", "jax"],
+                                              "batch_size": [8, 8]}))
+    assert list(cell) == ["torch", "jax"] and shared == "A · batch 8"
+
+
+def test_every_figure_has_a_takeaway(report):
+    out, md = report
+    text = md.read_text()
+    for png in (out / "figures").glob("*.png"):
+        after = text.split(f"(figures/{png.name})", 1)[1].lstrip().split("\n", 1)[0]
+        assert after.startswith("**") and len(after) > 20, (png.name, after)
+    assert "Peak memory grows as n^1.00 (lambda_conv), n^2.00 (mhsa)" in text
+
+
+def test_fit_needs_three_sizes():
+    sizes = np.array([16, 32])
+    assert math.isnan(scaling.fit_exponent(sizes, sizes ** 2.0))
+    assert scaling.fit_exponent(np.array([8, 16, 32]), np.array([8, 16, 32]) ** 2.0) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def flagged_run(tmp_path_factory):
+    from helpers.report_rows import flagged_rows, quality_schema
+
+    with quality_schema():
+        run = write_run(tmp_path_factory.mktemp("runs") / "flagged", flagged_rows())
+        default = tmp_path_factory.mktemp("report-flagged")
+        kept = tmp_path_factory.mktemp("report-flagged-kept")
+        render([run], default)
+        render([run], kept, include_flagged=True)
+        yield run, default, kept
+
+
+def test_flagged_rows_decide_nothing_by_default(flagged_run):
+    _, out, _ = flagged_run
+    lines = findings_lines((out / "report.md").read_text())
+    speed = next(x for x in lines if "EfficientNets at equal top-1" in x)
+    assert "**Cannot tell**: flagged measurements" in speed
+    memory = next(x for x in lines if "less memory than self-attention" in x)
+    assert "**Cannot tell**: flagged measurements (axial self-attention)" in memory
+    slope = next(x for x in lines if "memory grows as n²" in x)
+    assert "**Cannot tell**: flagged measurements" in slope
+    fits = pd.read_csv(out / "tables" / "scaling_exponents.csv")
+    mhsa = fits[(fits["mixer"] == "mhsa") & (fits["metric"] == "peak_mem_bytes")].iloc[0]
+    assert math.isnan(mhsa["fitted_exponent_in_n"]) and mhsa["flagged_left_out"] == 1
+    assert mhsa["note"].startswith("2 sizes: too few to fit")
+    assert "2 sizes: too few to fit" in (out / "report.md").read_text()  # shown as such, not as an exponent
+    speedups = pd.read_csv(out / "tables" / "pareto_speedup.csv")
+    assert speedups.empty or speedups["speedup"].isna().all()
+
+
+def test_flagged_rows_listed_with_their_reason_and_drawn_hollow(flagged_run):
+    from helpers.report_rows import BUSY, UNSTABLE
+
+    _, out, _ = flagged_run
+    listed = pd.read_csv(out / "tables" / "flagged.csv")
+    assert set(listed["model"]) == {"efficientnet_b5", "axial_resnet50", "mhsa"}
+    assert set(listed["flags"]) == {BUSY, UNSTABLE}
+    text = (out / "report.md").read_text()
+    assert BUSY in text and UNSTABLE in text
+    plotted = pd.read_csv(next((out / "figures").glob("scaling_*.csv")))
+    hollow = plotted[plotted["flags"].fillna("") != ""]
+    assert list(zip(hollow["mixer"], hollow["image_size"])) == [("mhsa", 64)]
+    front = pd.read_csv(out / "figures" / "pareto_train_test-cpu-a_torch_fp32.csv").set_index("model")
+    assert bool(front.loc["efficientnet_b5", "flagged"]) and not bool(front.loc["efficientnet_b5", "non_dominated"])
+
+
+def test_include_flagged_lets_them_decide(flagged_run):
+    _, _, kept = flagged_run
+    lines = findings_lines((kept / "report.md").read_text())
+    slope = next(x for x in lines if "memory grows as n²" in x)
+    assert "**Holds**" in slope and "mhsa n^2.00" in slope
+    speed = pd.read_csv(kept / "tables" / "pareto_speedup.csv")
+    b5 = speed[speed["efficientnet"] == "efficientnet_b5"].iloc[0]
+    # B5 (83.7) between LambdaResNet-152 at 224 (83.2, 512 s) and 256 (83.75, 682.7 s), log-interpolated
+    t = math.exp(np.interp(83.7, [83.2, 83.75], [math.log(1024 / 2.0), math.log(1024 / 1.5)]))
+    assert b5["speedup"] == pytest.approx((1024 / 0.5) / t)
+    memory = next(x for x in lines if "less memory than self-attention" in x)
+    assert "**Holds**" in memory and "axial 2.00×" in memory
+
+
+# --- comparison of two runs -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A: the fixture's model rows. B: the same cases twice as fast with 10% more memory, one flagged,
+    one missing and one new."""
+    from helpers.report_rows import BUSY, quality_schema
+
+    base = tmp_path_factory.mktemp("compare")
+    a_rows = list(model_rows())
+    b_rows = []
+    for row in a_rows:
+        row = dict(row)
+        if row["model"] == "efficientnet_b1" and row["device_name"] == "Test CPU A":
+            continue  # measured in A only
+        if row["status"] == "ok":
+            row.update(step_time_median_s=row["step_time_median_s"] / 2, images_per_s=row["images_per_s"] * 2,
+                       peak_mem_bytes=row["peak_mem_bytes"] * 1.1)
+        if row["case_id"] == "resnet50|torch|224|8|train|fp32|eager|cpu":
+            row.update(step_time_median_s=row["step_time_median_s"] * 10, flags=BUSY)
+        b_rows.append(row)
+    b_rows.append({**a_rows[0], "batch_size": 64, "case_id": "resnet50|torch|224|64|infer|fp32|eager|cpu"})
+    with quality_schema():
+        a = write_run(base / "a", a_rows)
+        b = write_run(base / "b", b_rows)
+        from lambda_bench import cli
+        assert cli.main(["report", str(a), str(b), "--compare", "--out", str(base / "out")]) == 0
+        yield a, b, base / "out"
+
+
+def test_compare_ratios_per_case(two_runs):
+    _, _, out = two_runs
+    table = pd.read_csv(out / "tables" / "compare.csv").set_index("case_id")
+    clean = table[~table["flagged"]]
+    assert clean["speed_b_over_a"].dropna().to_numpy() == pytest.approx(2.0)
+    assert clean["memory_b_over_a"].dropna().to_numpy() == pytest.approx(1.1)
+    busy = table.loc["resnet50|torch|224|8|train|fp32|eager|cpu"]
+    assert busy["flagged"] and busy["speed_b_over_a"] == pytest.approx(0.2)
+    assert table.loc[table["a_status"] == "crashed", "speed_b_over_a"].isna().all()
+    unmatched = pd.read_csv(out / "tables" / "compare_unmatched.csv")
+    assert sorted(unmatched["only_in"]) == ["A", "A", "A", "A", "B"]
+    text = (out / "report.md").read_text()
+    assert text.index("## Summary") < text.index("## Per case")
+    assert "geometric mean 2.00×" in text and "1 flagged in either run" in text
+    assert "B: busy machine" in text  # the flagged case is marked in the table with its reason
+    assert "B is 2.00× A's speed" in text  # the figure's takeaway leaves the flagged case out
+
+
+def test_compare_needs_two_runs(two_runs, tmp_path, capsys):
+    from lambda_bench import cli
+
+    a, b, _ = two_runs
+    assert cli.main(["report", str(a), "--compare", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "exactly two run directories" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["report", str(a), str(b), str(a), "--compare"]) == 2
+    assert cli.main(["report", str(a), str(tmp_path / "missing"), "--compare", "--out", str(tmp_path / "y")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
 def test_screenshot_without_browser(tmp_path, monkeypatch, capsys):
-    from lambda_bench.report import screenshot
+    from lambda_bench.report import browser, screenshot
 
     page = tmp_path / "report.html"
     page.write_text("<html><body>x</body></html>")
-    monkeypatch.setitem(__import__("sys").modules, "playwright", None)  # import fails as if not installed
-    monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
-    assert screenshot.main([str(page), str(tmp_path / "shot.png")]) == 1
-    assert "no headless Chromium available" in capsys.readouterr().err
-    assert screenshot.main([str(tmp_path / "missing.html"), str(tmp_path / "shot.png")]) == 2
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    assert screenshot.main([str(page)]) == 1
+    err = capsys.readouterr().err
+    assert "no headless Chromium available" in err and ("apt-get install" in err or "pip install playwright" in err)
+    assert screenshot.main([str(tmp_path / "missing.html")]) == 2
+    with pytest.raises(browser.BrowserMissing, match="apt-get install -y chromium"):
+        browser.chromium()

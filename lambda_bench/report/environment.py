@@ -4,11 +4,19 @@ that reproduces it."""
 from __future__ import annotations
 
 import json
+
 import pandas as pd
 
-from .doc import Code, Heading, Table, Text
+from . import fmt
+from .doc import MAX_VIEW_COLUMNS, Code, Heading, Table, Text
+from .runs import flagged
 
 HEADING = "Environment and caveats"
+FLAGGED_HEADING = "Flagged measurements"
+# env fields shown in the page, one line each (the rest is in the appendix and the CSV)
+PAGE_FIELDS = {"run": "Run", "host": "Host", "cpu": "CPU", "cpus_usable": "CPUs usable", "memory_gib": "Memory (GiB)",
+               "gpus": "GPUs", "threads_in_rows": "Threads per worker", "versions": "Versions",
+               "git_commit": "Git commit", "timestamp": "Started (UTC)"}
 
 
 def _gpus(env: dict) -> str:
@@ -47,8 +55,35 @@ def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def section(rows: pd.DataFrame, envs: list[tuple[str, dict | None]], accuracy_source: str) -> list:
-    blocks: list = [Heading(HEADING), Table("environment", env_table(envs, rows), "Environment per run (env.json)")]
+def _env_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Fields as rows, runs as columns: a run's environment reads top to bottom."""
+    shown = table.head(MAX_VIEW_COLUMNS - 1)
+    view = pd.DataFrame({"Field": list(PAGE_FIELDS.values())})
+    for i, (_, run) in enumerate(shown.iterrows()):
+        view[f"Run {i + 1}" if len(shown) > 1 else "Value"] = [
+            "" if pd.isna(run.get(k)) else str(run.get(k)) for k in PAGE_FIELDS]
+    return view
+
+
+def _case_view(frame: pd.DataFrame, last: str, header: str) -> tuple[pd.DataFrame, list[str]]:
+    view = pd.DataFrame({"Model": frame["model"], "Framework": frame["framework"] + " " + frame["compile"],
+                         "Image (px)": fmt.number(frame["image_size"], 0), "Batch": fmt.number(frame["batch_size"], 0),
+                         "Mode": frame["mode"], "Status": frame["status"], header: fmt.text(frame[last], 200)})
+    return view, ["device_name", "precision"]
+
+
+def flagged_table(rows: pd.DataFrame) -> pd.DataFrame:
+    cols = ["run_id", "case_id", "device_name", "framework", "compile", "precision", "model", "mode", "image_size",
+            "batch_size", "status", "step_time_median_s", "rel_iqr", "interference", "remeasured", "flags"]
+    return rows.loc[flagged(rows), cols]
+
+
+def section(rows: pd.DataFrame, envs: list[tuple[str, dict | None]], accuracy_source: str,
+            include_flagged: bool = False) -> list:
+    table = env_table(envs, rows)
+    blocks: list = [Heading(HEADING),
+                    Table("environment_summary", table, "Where the run was measured (env.json)", view=_env_view(table)),
+                    Table("environment", table, "Environment per run (env.json), every field", appendix=True)]
     for run_dir, env in envs:
         command = ((env or {}).get("config") or {}).get("command")
         if command:
@@ -56,17 +91,40 @@ def section(rows: pd.DataFrame, envs: list[tuple[str, dict | None]], accuracy_so
             blocks += [Text(f"Command that reproduces {run_dir}:"), Code(text)]
         else:
             blocks.append(Text(f"{run_dir}: env.json records no command (config has no 'command' key); "
-                               "the sweep config above is what it ran."))
+                               "the sweep config (appendix) is what it ran."))
+    doubtful = flagged_table(rows)
+    blocks.append(Heading(FLAGGED_HEADING, 3))
+    if doubtful.empty:
+        blocks.append(Text("No measurement carries a flag (busy machine, unstable timings): every figure "
+                           "counts. Rows written before flags were recorded count as clean."))
+    else:
+        use = ("they are kept in the fits and speed-ups (include_flagged)" if include_flagged else
+               "they are drawn hollow and left out of the fitted slopes and the matched-accuracy speed-ups")
+        blocks.append(Text(f"{len(doubtful)} of {len(rows)} measurements carry a reason to doubt them; {use}."))
+        view = pd.DataFrame({"Model": doubtful["model"], "Framework": doubtful["framework"] + " " + doubtful["compile"],
+                             "Image (px)": fmt.number(doubtful["image_size"], 0), "Mode": doubtful["mode"],
+                             "Step time (ms)": fmt.ms(doubtful["step_time_median_s"]),
+                             "IQR ÷ median": fmt.number(doubtful["rel_iqr"], 2),
+                             "Re-measured": fmt.number(doubtful["remeasured"], 0),
+                             "Reason": doubtful["flags"]})
+        view, caption = fmt.with_settings(view, doubtful, "Flagged measurements and why",
+                                          ["device_name", "precision", "batch_size"], at=2)
+        blocks.append(Table("flagged", doubtful, caption, view=view))
     failed = rows[rows["status"] != "ok"]
     cols = ["run_id", "case_id", "framework", "model", "mode", "image_size", "batch_size", "device_name",
             "precision", "compile", "status", "error"]
     blocks.append(Text(f"{len(failed)} of {len(rows)} cases were not measured (status other than ok); "
                        "they are listed here with their error and appear with their status in the tables above."))
-    blocks.append(Table("not_measured", failed[cols], "Cases not measured, and why"))
+    view, setting_cols = _case_view(failed, "error", "Error")
+    view, caption = fmt.with_settings(view, failed, "Cases not measured, and why", setting_cols, at=2)
+    blocks.append(Table("not_measured", failed[cols], caption, view=view))
     recompiled = rows[(rows["recompilations"].fillna(0) > 0)]
     if not recompiled.empty:
-        blocks.append(Table("recompilations", recompiled[cols[:10] + ["recompilations"]],
-                            "Caveat: recompilation inside the timed loop (the step time includes it)"))
+        view, setting_cols = _case_view(recompiled.assign(recompiled=recompiled["recompilations"].astype(str)),
+                                        "recompiled", "Recompilations")
+        view, caption = fmt.with_settings(view, recompiled, "Caveat: recompilation inside the timed loop "
+                                          "(the step time includes it)", setting_cols, at=2)
+        blocks.append(Table("recompilations", recompiled[cols[:10] + ["recompilations"]], caption, view=view))
     sources = ", ".join(f"{s} ({n} rows)" for s, n in rows["mem_source"].fillna("not recorded").value_counts().items())
     blocks.append(Text(f"Memory sources: {sources}. Accuracy: {accuracy_source}. Top-1 values are published "
                        "numbers looked up by model and image size, never measured here."))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import figures
+from . import figures, fmt
 from .accuracy import lookup, paper_figure4
 from .doc import Figure, Heading, Table, Text, slug
-from .runs import PANEL
+from .runs import PANEL, flagged, usable
 
 HEADING = "Pareto front: speed against accuracy"
 LAMBDA, EFFICIENTNET = "lambda_resnet", "efficientnet"
@@ -72,30 +72,67 @@ def paper_speedups() -> pd.DataFrame:
     return table
 
 
-def section(rows: pd.DataFrame, accuracy: pd.DataFrame) -> list:
-    models = lookup(rows[rows["kind"] == "model"], accuracy)
+def models_with_accuracy(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Model rows with their published top-1 (NaN where the accuracy table has none)."""
+    return lookup(rows[rows["kind"] == "model"], accuracy)
+
+
+def measured_speedups(models: pd.DataFrame, include_flagged: bool = False) -> pd.DataFrame:
+    """Per setting (PANEL + compile) and EfficientNet point: the LambdaResNet speed-up at its top-1,
+    from the ok train rows with a top-1 (flagged rows left out unless ``include_flagged``)."""
+    ok = models[(models["status"] == "ok") & models["top1"].notna() & (models["mode"] == "train")]
+    ok = usable(ok, include_flagged)
+    tables = []
+    for key, group in ok.groupby(PANEL + ["compile"], sort=True):
+        table = speedups(_best_per_model(group, "train_s_per_1024", True))
+        for col, value in reversed(list(zip(PANEL + ["compile"], key))):
+            table.insert(0, col, value)
+        tables.append(table)
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+    else:
+        table = pd.DataFrame(columns=PANEL + ["compile"] + list(speedups(pd.DataFrame(
+            columns=["family", "model", "image_size", "train_s_per_1024", "top1"])).columns))
+    paper = paper_speedups().set_index("efficientnet")
+    table["paper_speedup_fig4"] = table["efficientnet"].map(paper["speedup"])
+    table["paper_claim"] = table["efficientnet"].map(PAPER_CLAIMS).fillna("")
+    return table
+
+
+def section(rows: pd.DataFrame, accuracy: pd.DataFrame, include_flagged: bool = False) -> list:
+    models = models_with_accuracy(rows, accuracy)
     ok = models[(models["status"] == "ok") & models["top1"].notna()]
     blocks: list = [Heading(HEADING), Text(
         "x: measured speed (train rows: training step time for 1024 images, the axis of the paper's "
         "Figure 4; infer rows: images/s), y: published top-1 looked up by (model, image size) in the "
         "accuracy table. One line per family; ringed points are non-dominated (the Pareto front) within "
-        "the panel. Where a model ran at several batch sizes, its fastest one is plotted. Panels never "
-        "mix devices or precisions.")]
+        "the panel; hollow points are flagged measurements"
+        + (" (kept in the front and the speed-ups, as asked)." if include_flagged else
+           ", left out of the front and the speed-ups.")
+        + " Where a model ran at several batch sizes, its fastest one is plotted. Panels never mix "
+        "devices or precisions.")]
     if ok.empty:
         blocks.append(Text("No measured model (status ok) has a published top-1 at the image size it ran "
-                           "at, so there is no measured front. The measured model rows are listed below."))
+                           "at, so there is no measured front. The measured model rows are listed in the appendix."))
+    table = measured_speedups(models, include_flagged)
     for mode, (x, xlabel, lower_better) in AXES.items():
         for key, group in ok[ok["mode"] == mode].groupby(PANEL, sort=True):
-            blocks.append(_front_figure(group, mode, key, x, xlabel, lower_better))
-    blocks += _speedup_blocks(ok)
-    blocks.append(_paper_figure())
-    blocks.append(Table("pareto_paper_speedup", paper_speedups(),
+            blocks.append(_front_figure(group, mode, key, x, xlabel, lower_better, table, include_flagged))
+    blocks += _speedup_blocks(table)
+    paper = paper_speedups()
+    blocks.append(_paper_figure(paper))
+    view = pd.DataFrame({"EfficientNet": paper["efficientnet"], "Top-1 (%)": fmt.number(paper["top1"], 2),
+                         "EfficientNet (s / 1024 img)": fmt.number(paper["efficientnet_s_per_1024"], 2),
+                         "LambdaResNet at that top-1 (s)": fmt.number(paper["lambda_s_per_1024_at_top1"], 2),
+                         "Speed-up": fmt.ratio(paper["speedup"]), "Text claims": paper["paper_claim"],
+                         "Why no speed-up": paper["why_no_speedup"]})
+    blocks.append(Table("pareto_paper_speedup", paper,
                         "The paper's Figure 4 points, same interpolation: LambdaResNet speed-up over "
-                        "EfficientNet at equal top-1, next to the claims of its text"))
+                        "EfficientNet at equal top-1, next to the claims of its text", view=view))
     cols = ["device_name", "framework", "precision", "compile", "mode", "model", "family", "image_size",
-            "batch_size", "status", "train_s_per_1024", "images_per_s", "top1", "top1_source", "error"]
+            "batch_size", "status", "train_s_per_1024", "images_per_s", "top1", "top1_source", "flags", "error"]
     blocks.append(Table("pareto_measured", models[cols].sort_values(cols[:8], kind="stable"),
-                        "Every measured model row (non-ok rows included, with their status)"))
+                        "Every measured model row (non-ok rows included, with their status)", appendix=True))
     return blocks
 
 
@@ -105,17 +142,25 @@ def _best_per_model(group: pd.DataFrame, x: str, lower_better: bool) -> pd.DataF
     return ordered.drop_duplicates(["family", "model", "image_size", "compile"]).reset_index(drop=True)
 
 
-def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: str, lower_better: bool) -> Figure:
-    plt, sns = figures.pyplot(), figures.seaborn()
-    points = _best_per_model(group, x, lower_better)
-    points["non_dominated"] = non_dominated(points[x], points["top1"], lower_better)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    style = "compile" if points["compile"].nunique() > 1 else None
-    hue_order = sorted(points["family"].unique())
-    # lines join a family's points in speed order; markers drawn apart so a lone point still shows
-    sns.lineplot(data=points.sort_values(x), x=x, y="top1", hue="family", hue_order=hue_order, style=style,
-                 sort=True, estimator=None, ax=ax, legend=False)
-    sns.scatterplot(data=points, x=x, y="top1", hue="family", hue_order=hue_order, style=style, s=60, ax=ax)
+def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: str, lower_better: bool,
+                  speed: pd.DataFrame, include_flagged: bool) -> Figure:
+    plt = figures.pyplot()
+    # a flagged point is plotted (hollow) only where the model has no clean one in the panel
+    clean = _best_per_model(group[~flagged(group)], x, lower_better)
+    doubtful = _best_per_model(group[flagged(group)], x, lower_better)
+    doubtful = doubtful[~doubtful.set_index(["model", "image_size", "compile"]).index.isin(
+        clean.set_index(["model", "image_size", "compile"]).index)]
+    points = pd.concat([clean, doubtful], ignore_index=True)
+    points["flagged"] = flagged(points)
+    candidates = points if include_flagged else points[~points["flagged"]]
+    points["non_dominated"] = False
+    points.loc[candidates.index, "non_dominated"] = non_dominated(candidates[x], candidates["top1"], lower_better)
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    families = sorted(points["family"].unique())
+    colours = figures.colours(families)
+    for family in families:
+        mine = points[points["family"] == family]
+        figures.line_with_flags(ax, mine[x], mine["top1"], mine["flagged"], colours[family], family)
     front = points[points["non_dominated"]]
     ax.scatter(front[x], front["top1"], s=220, facecolors="none", edgecolors="black", linewidths=1.3,
                label="non-dominated", zorder=5)
@@ -123,60 +168,82 @@ def _front_figure(group: pd.DataFrame, mode: str, key: tuple, x: str, xlabel: st
         ax.annotate(figures.label(p["model"], p["image_size"]), (p[x], p["top1"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel(xlabel)
     ax.set_ylabel("published top-1 (%)")
-    ax.legend(fontsize=8)
+    figures.legend_outside(fig, ax, bool(points["flagged"].any()))
     ax.set_title(figures.panel_title(f"Speed vs accuracy, {mode}", *key), fontsize=10)
+    fig.tight_layout()
     cols = PANEL + ["compile", "family", "model", "image_size", "batch_size", x, "top1", "top1_source",
-                    "non_dominated"]
-    return Figure(slug("pareto", mode, *key), fig,
-                  f"Pareto front ({mode}): {' | '.join(map(str, key))}", points[cols])
+                    "flagged", "flags", "non_dominated"]
+    mine = speed[(speed[PANEL] == pd.Series(dict(zip(PANEL, key)))).all(axis=1)] if mode == "train" else speed[:0]
+    return Figure(slug("pareto", mode, *key), fig, f"Pareto front ({mode}): {' | '.join(map(str, key))}",
+                  points[cols], takeaway=_front_takeaway(front, mine))
 
 
-def _speedup_blocks(ok: pd.DataFrame) -> list:
-    train = ok[ok["mode"] == "train"]
-    tables = []
-    for key, group in train.groupby(PANEL + ["compile"], sort=True):
-        points = _best_per_model(group, "train_s_per_1024", True)
-        table = speedups(points)
-        for col, value in reversed(list(zip(PANEL + ["compile"], key))):
-            table.insert(0, col, value)
-        tables.append(table)
-    paper = paper_speedups().set_index("efficientnet")
-    if tables:
-        table = pd.concat(tables, ignore_index=True)
-    else:
-        table = pd.DataFrame(columns=PANEL + ["compile"] + list(speedups(pd.DataFrame(
-            columns=["family", "model", "image_size", "train_s_per_1024", "top1"])).columns))
-    table["paper_speedup_fig4"] = table["efficientnet"].map(paper["speedup"])
-    table["paper_claim"] = table["efficientnet"].map(PAPER_CLAIMS).fillna("")
+def _front_takeaway(front: pd.DataFrame, speed: pd.DataFrame) -> str:
+    names = ", ".join(figures.label(m, s) for m, s in zip(front["model"], front["image_size"]))
+    text = f"The front is {names}" if names else "No point is on the front"
+    lam = (front["family"] == LAMBDA).sum()
+    text += f" ({lam} of {len(front)} LambdaResNet)"
+    matched = speed[speed["speedup"].notna()]
+    if not matched.empty:
+        text += "; at matched top-1 the LambdaResNets are " + ", ".join(
+            f"{r['speedup']:.2f}× as fast as {r['efficientnet']}" for _, r in matched.iterrows())
+    elif not speed.empty:
+        text += "; no EfficientNet's top-1 falls within the LambdaResNet front, so no speed-up at matched accuracy"
+    return text + "."
+
+
+def _speedup_blocks(table: pd.DataFrame) -> list:
     measured = table["speedup"].notna().sum()
     text = (f"Measured LambdaResNet speed-up over EfficientNet at matched top-1 ({measured} of "
             f"{len(table)} EfficientNet points matched): the LambdaResNet front's training step time is "
             "interpolated linearly in log(time) at each EfficientNet's top-1. The paper claims 3.2x-4.4x "
-            "(4.4x against B6 at ≈84.0, 3.2x against B7 at ≈84.7); paper_speedup_fig4 is the same "
+            "(4.4x against B6 at ≈84.0, 3.2x against B7 at ≈84.7); \"paper, Fig. 4\" is the same "
             "interpolation on its Figure 4 points.")
     if table.empty:
         text += (" This run has no EfficientNet training row with a published top-1, so there is "
                  "nothing to match.")
-    return [Text(text), Table("pareto_speedup", table, "Measured speed-up at matched accuracy")]
+    view = pd.DataFrame({"EfficientNet": table["efficientnet"].astype(str) + " @" + table["image_size"].astype(str),
+                         "Top-1 (%)": fmt.number(table["top1"], 2),
+                         "EfficientNet (s / 1024 img)": fmt.number(table["efficientnet_s_per_1024"]),
+                         "LambdaResNet at that top-1 (s)": fmt.number(table["lambda_s_per_1024_at_top1"]),
+                         "Speed-up": fmt.ratio(table["speedup"]),
+                         "Paper, Fig. 4": fmt.ratio(table["paper_speedup_fig4"]),
+                         "Why no speed-up": table["why_no_speedup"]})
+    view, caption = fmt.with_settings(view, table, "Measured speed-up at matched accuracy",
+                                      PANEL + ["compile"], at=0)
+    return [Text(text), Table("pareto_speedup", table, caption, view=view)]
 
 
-def _paper_figure() -> Figure:
-    plt, sns = figures.pyplot(), figures.seaborn()
+def _paper_figure(speed: pd.DataFrame) -> Figure:
+    plt = figures.pyplot()
     points = paper_figure4()
     points["non_dominated"] = non_dominated(points["train_s_per_1024"], points["top1"])
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    sns.lineplot(data=points, x="train_s_per_1024", y="top1", hue="family", marker="o", sort=True,
-                 estimator=None, ax=ax)
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    families = sorted(points["family"].unique())
+    colours = figures.colours(families)
+    for family in families:
+        mine = points[points["family"] == family]
+        figures.line_with_flags(ax, mine["train_s_per_1024"], mine["top1"], np.zeros(len(mine), bool),
+                                colours[family], family)
     for _, p in points.iterrows():
         name = p["model"].replace("lambda_resnet", "L").replace("efficientnet_", "")
         ax.annotate(f"{name}@{p['image_size']}", (p["train_s_per_1024"], p["top1"]), fontsize=7,
                     xytext=(4, -10), textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)
     ax.set_xlabel("training step time for 1024 images (s, log)")
     ax.set_ylabel("top-1 (%)")
+    figures.legend_outside(fig, ax)
     ax.set_title("Reference: Bello 2021 Figure 4 (read off the figure, ±0.05)\n"
                  "the paper's device (32 TPUv3 cores, per reproductions) | the paper's framework and precision",
                  fontsize=10)
-    return Figure("pareto_paper_figure4", fig, "The paper's Figure 4 points (reference, not measured)", points)
+    fig.tight_layout()
+    matched = speed[speed["speedup"].notna()]
+    takeaway = ("On the paper's own points the same interpolation gives "
+                + ", ".join(f"{r['speedup']:.1f}× against {r['efficientnet']}" for _, r in matched.iterrows())
+                + " (the text claims 3.2–4.4×).")
+    return Figure("pareto_paper_figure4", fig, "The paper's Figure 4 points (reference, not measured)", points,
+                  takeaway=takeaway)

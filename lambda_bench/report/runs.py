@@ -15,6 +15,18 @@ from .. import results, zoo
 PANEL = ["device_name", "framework", "precision"]
 # Everything that makes two measurements of one model comparable.
 SETTINGS = ["device_name", "device", "framework", "precision", "compile", "mode", "image_size", "batch_size"]
+# Measurement-quality columns; rows written before they existed lack them and count as clean.
+QUALITY = {"interference": "float64", "rel_iqr": "float64", "remeasured": "Int64", "flags": "str"}
+
+
+def flagged(rows: pd.DataFrame) -> pd.Series:
+    """True where a row carries a reason its figure is doubtful (a non-empty ``flags``)."""
+    return rows["flags"].fillna("").astype(str).str.strip().ne("")
+
+
+def usable(rows: pd.DataFrame, include_flagged: bool = False) -> pd.DataFrame:
+    """The rows a fit or a speed-up may use: flagged ones only when asked for."""
+    return rows if include_flagged else rows[~flagged(rows)]
 
 
 def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, list[tuple[str, dict[str, Any] | None]]]:
@@ -51,6 +63,13 @@ def _complete(rows: pd.DataFrame) -> pd.DataFrame:
     labels = ("status", "kind", "family", "mixer", "device_name", "device", "framework", "precision", "compile", "mode")
     for col in labels:  # object, so that a column an older version left empty (all NaN) takes text
         rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
+    for col, dtype in QUALITY.items():
+        if col not in rows.columns:
+            rows[col] = "" if dtype == "str" else None
+        if dtype == "str":
+            rows[col] = rows[col].fillna("").astype(str)
+        else:
+            rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(dtype)
     rows["status"] = rows["status"].fillna("unknown")
     is_layer = rows["kind"].eq("layer") | (rows["kind"].isna() & rows["model"].isin(zoo.PRESETS))
     rows["kind"] = rows["kind"].where(rows["kind"].notna(), is_layer.map({True: "layer", False: "model"}))
