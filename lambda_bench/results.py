@@ -4,7 +4,8 @@ A run directory holds ``results.jsonl`` (one JSON object per case, appended and 
 soon as the case ends: the source of truth), ``results.csv`` (the same rows as a CSV view, rewritten
 from the JSON lines after each row) and ``env.json`` (host, CPU, GPU, framework versions, git commit,
 the sweep config). A run killed at any moment loses at most the case in flight: a torn last line
-(SIGKILL mid-write) is dropped on load and cut off before the next append.
+(SIGKILL mid-write) is dropped on load and cut off before the next append. env.json's "hosts" maps
+each machine that ran a case to its own environment (a Dask cluster may have several).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ COLUMNS: dict[str, str] = {
     "device": "cpu, cuda or tpu",
     "device_name": "the CPU model or the accelerator's name",
     "threads": "CPU threads the worker was pinned to (same for every framework in a run)",
+    "host": "hostname of the machine the case's worker ran on (env.json 'hosts' holds its environment)",
+    "gpu_index": "the GPU a cuda case ran on (first of its CUDA_VISIBLE_DEVICES, else 0); None otherwise",
     "status": "ok, oom, crashed, timeout, unsupported, unavailable or error",
     "error": "the error text when status is not ok; for ok rows, warnings (recompilation, diverged loss)",
     "step_time_median_s": "median seconds per step (synchronised)",
@@ -117,6 +120,7 @@ class Store:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.dir / ROWS_FILE
+        self._hosts: set[str] = set()  # hosts already in env.json
         self._repair()
 
     def _repair(self) -> None:
@@ -139,6 +143,23 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         self.write_csv()
+
+    def add_host(self, host: str, env: Mapping[str, Any]) -> bool:
+        """Record ``host``'s environment in env.json under "hosts" the first time the run sees it."""
+        if host in self._hosts:
+            return False
+        path = self.dir / ENV_FILE
+        current = json.loads(path.read_text()) if path.exists() else {}
+        hosts = current.setdefault("hosts", {})
+        self._hosts.update(hosts)
+        if host in hosts:
+            return False
+        self._hosts.add(host)
+        hosts[host] = dict(env)
+        tmp = self.dir / (ENV_FILE + ".tmp")
+        tmp.write_text(json.dumps(current, indent=2, default=_jsonable) + "\n")
+        os.replace(tmp, path)
+        return True
 
     def write_csv(self) -> None:
         buf = io.StringIO()
@@ -183,7 +204,7 @@ def load(path: Path | str | Iterable[Path | str]):
             raise ValueError(f"path={str(p)!r}: no {ROWS_FILE} there; not a lambda-bench run directory")
         rows.extend(read_rows(run_dir))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("image_size", "batch_size", "threads", "n_steps", "params", "recompilations"):
+    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from . import results, zoo
+from . import executors, results, zoo
 from .backend import FRAMEWORKS
 from .measure import steps
 from .measure.timing import TimingConfig
@@ -340,8 +340,11 @@ def device_names() -> dict[str, str]:
 
 
 def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str = "",
-        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] = WORKER) -> Path:
-    """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case."""
+        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] = WORKER, executor=None) -> Path:
+    """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case.
+
+    ``executor`` (lambda_bench.executors; default: local, one case at a time here) decides where each
+    case's worker runs and yields (case, measured) as cases end; this process alone writes the store."""
     out = Path(out_dir)
     if out.exists() and (out / results.ROWS_FILE).exists() and not resume:
         raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a new directory")
@@ -351,18 +354,48 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
     todo = [c for c in sweep.cases if c.case_id not in done]
     commit, names = results.git_commit(), device_names()
     total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
+    if executor is None:
+        from .executors.local import LocalExecutor
+
+        executor = LocalExecutor()
     started = time.perf_counter()
-    for k, case in enumerate(todo, start=1):
-        if progress:
-            elapsed = time.perf_counter() - started
-            eta = f"{elapsed / (k - 1) * (len(todo) - k + 1):.0f} s" if k > 1 else "?"
-            progress(f"[{skipped + k}/{total}] {case.describe()}  (elapsed {elapsed:.0f} s, left ~{eta})")
-        measured = run_case(case, sweep, worker)
-        row = case_row(case, out.name, measured, commit, names.get(case.device, case.device))
-        store.append(row)
-        if progress:
-            progress(f"    -> {_one_line(row)}")
+    finished = 0
+
+    def left(k: int) -> str:  # k cases of todo have started (one at a time) or ended (concurrent)
+        elapsed = time.perf_counter() - started
+        eta = f"{elapsed / k * (len(todo) - k):.0f} s" if k > 0 else "?"
+        return f"elapsed {elapsed:.0f} s, left ~{eta}"
+
+    def before(case: Case) -> None:
+        progress(f"[{skipped + finished + 1}/{total}] {case.describe()}  ({left(finished)})")
+
+    with executor:
+        for case, measured in executor.run(todo, sweep, worker, before=before if progress else None):
+            measured = dict(measured)
+            host_env = measured.pop(executors.HOST_ENV, None)
+            if host_env and measured.get("host"):
+                store.add_host(measured["host"], host_env)
+            row = case_row(case, out.name, measured, commit, names.get(case.device, case.device))
+            store.append(row)
+            finished += 1
+            if not progress:
+                continue
+            if executor.concurrent:
+                running = executor.running()
+                place = executors.where(row)
+                progress(f"[{skipped + finished}/{total}] {case.describe()} on {place} -> {_one_line(row)}")
+                progress(f"    {len(running)} running{': ' + _places(running) if running else ''}, "
+                         f"{len(todo) - finished - len(running)} waiting ({left(finished)})")
+            else:
+                progress(f"    -> {_one_line(row)}")
     return out
+
+
+def _places(places: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for p in places:
+        counts[p] = counts.get(p, 0) + 1
+    return ", ".join(p if n == 1 else f"{p} x{n}" for p, n in sorted(counts.items()))
 
 
 def _one_line(row: Mapping[str, Any]) -> str:
