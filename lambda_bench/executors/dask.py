@@ -201,6 +201,7 @@ class DaskExecutor:
                 del self._pending[future]
                 self._ended.add(future.key)
                 self._running.pop(future.key, None)
+                future.release()  # a result left on a worker that dies later would be computed again
                 yield case, measured
 
     def _result(self, future, case) -> dict[str, Any]:

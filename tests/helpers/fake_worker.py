@@ -25,7 +25,7 @@ case = json.load(open(sys.argv[1]))
 behaviour = json.loads(os.environ.get("FAKE_WORKER", "{}")).get(case["model"], "ok")
 print(f"fake worker: {case['model']} -> {behaviour}", flush=True)
 log_path = os.environ.get("FAKE_WORKER_LOG")
-record = {"case": "|".join(str(case[k]) for k in ("model", "framework", "image_size", "device")),
+record = {"case": "|".join(str(case[k]) for k in ("model", "framework", "image_size", "mode", "device")),
           "host": socket.gethostname(), "pid": os.getpid(), "parent_pid": os.getppid(),
           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
