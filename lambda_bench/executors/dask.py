@@ -117,6 +117,13 @@ class DaskExecutor:
 
         try:
             if self.scheduler:
+                from distributed.comm.addressing import get_address_host_port
+
+                try:
+                    get_address_host_port(self.scheduler)
+                except ValueError as exc:
+                    raise ValueError(f"scheduler {self.scheduler}: not an address like tcp://host:8786 "
+                                     f"({_one_line(exc)})") from None
                 try:
                     self.client = Client(self.scheduler, timeout=self.connect_timeout_s, set_as_default=False)
                 except Exception as exc:  # refused, timed out, bad address: all mean "cannot use it"
