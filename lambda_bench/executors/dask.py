@@ -69,6 +69,14 @@ def run_task(case, sweep, worker: tuple[str, ...] | None) -> dict:
     return run_here(case, sweep, worker)
 
 
+def _warm() -> None:
+    """Run on each worker at start: the imports and the environment read a first case would pay."""
+    from .. import runner  # noqa: F401
+    from . import host_environment
+
+    host_environment()
+
+
 def _set_allowed_failures(n: int, dask_scheduler=None) -> int:
     old = dask_scheduler.allowed_failures
     dask_scheduler.allowed_failures = n
@@ -138,6 +146,10 @@ class DaskExecutor:
                 self._old_allowed_failures = None  # a scheduler that refuses: its own setting applies
             self.client.subscribe_topic(TOPIC, self._started)
             self._refresh_places()
+            try:
+                self.client.run(_warm)
+            except Exception:
+                pass  # a worker that fails here fails its first case too, as a row
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -265,4 +277,5 @@ class DaskExecutor:
 
     def running(self) -> list[str]:
         """Where the cases now running are ('host' or 'host GPU i', one entry per case)."""
-        return sorted(dict(self._running).values())
+        ended = {f.key for f in list(self._pending) if f.done()}  # done, not yet handed to the runner
+        return sorted(place for key, place in dict(self._running).items() if key not in ended)
