@@ -256,3 +256,39 @@ def test_report_says_when_hosts_differ_in_versions(tmp_path):
     assert "torch 2.13.0 on b" in differ[0] and "jax" not in differ[0]
     table = environment.env_table(envs, rows)
     assert list(table["hosts"]) == ["a, b", "a, c"]
+
+
+def test_the_local_executor_is_the_default_and_imports_no_dask(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        from lambda_bench import cli, runner
+        sweep = runner.build_sweep({{"models": ["lambda"], "frameworks": ["torch"], "image_sizes": [16]}}, "test")
+        runner.run(sweep, {str(tmp_path / "run")!r}, worker={FAKE!r})
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    row, = results.read_rows(tmp_path / "run")
+    assert row["status"] == "ok" and row["host"] == socket.gethostname()
+
+
+def test_cli_dask_run_with_the_real_worker(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--models", "lambda_conv", "--frameworks", "torch", "--image-size", "16", "--batch-size", "2",
+            "--threads", "1", "--executor", "dask", "--local-workers", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    row, = results.read_rows(out)
+    assert row["status"] == "ok", row["error"]
+    assert row["step_time_median_s"] > 0 and row["host"] == socket.gethostname() and row["gpu_index"] is None
+    printed = capsys.readouterr().out
+    assert "executor: dask, 1 local worker on 127.0.0.1" in printed and f"on {socket.gethostname()} -> ok" in printed
+
+
+def test_the_case_process_does_not_inherit_the_dask_nanny_s_tuning(tmp_path, monkeypatch):
+    log_path = tmp_path / "where.jsonl"
+    monkeypatch.setenv("FAKE_WORKER_LOG", str(log_path))
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    runner.run(_sweep(["lambda"]), tmp_path / "run", worker=FAKE, executor=executors.make("dask", local_workers=1))
+    start, = [r for r in _log(log_path) if r["event"] == "start"]
+    assert start["malloc_trim_threshold"] is None  # the nanny sets 65536 for its own worker process

@@ -56,17 +56,32 @@ def _place() -> tuple[str, int | None]:
 
 
 def run_task(case, sweep, worker: tuple[str, ...] | None) -> dict:
-    """The Dask task of one case: say where it starts (the client's progress shows what runs where),
+    """The Dask task of one case: say where it starts (the client's progress shows what runs where,
+    and a crashed row names the host of a worker that joined or restarted since the sweep began),
     then :func:`run_here`."""
-    import os
-
     from distributed import get_worker
 
+    _drop_nanny_tuning()
     w = get_worker()
-    gpu = gpu_index("cuda") if case.device == "cuda" else None
-    place = socket.gethostname() if gpu is None else f"{socket.gethostname()} GPU {gpu}"
-    w.log_event(TOPIC, {"key": str(w.get_current_task()), "place": place, "pid": os.getpid()})
+    host, worker_gpu = _place()
+    place = f"{host} GPU {gpu_index('cuda')}" if case.device == "cuda" else host
+    w.log_event(TOPIC, {"key": str(w.get_current_task()), "place": place, "address": w.address, "host": host,
+                        "worker_gpu": worker_gpu})
     return run_here(case, sweep, worker)
+
+
+def _drop_nanny_tuning() -> None:
+    """A Dask nanny starts its worker with its own tuning in the environment (MALLOC_TRIM_THRESHOLD_=65536,
+    OMP/MKL/OPENBLAS_NUM_THREADS=1: distributed.nanny.pre-spawn-environ). It is meant for the Dask
+    worker, not for the case process, which must run as the local executor runs it (its threads are
+    set by the worker's pinning): drop what the nanny set."""
+    import os
+
+    import dask
+
+    for key, value in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items():
+        if key != "PYTHONHASHSEED" and os.environ.get(key) == str(value):
+            del os.environ[key]
 
 
 def _warm() -> None:
@@ -190,7 +205,8 @@ class DaskExecutor:
         if self.scheduler:
             return f"dask, scheduler {self.scheduler}"
         gpus = sum(1 for s in self.worker_specs if s["resources"].get("GPU"))
-        return (f"dask, {len(self.worker_specs)} local workers on 127.0.0.1 ({gpus} with a GPU; "
+        n = len(self.worker_specs)
+        return (f"dask, {n} local worker{'s' if n > 1 else ''} on 127.0.0.1 ({gpus} with a GPU; "
                 "CPU cases one at a time)")
 
     # --- running ----------------------------------------------------------------------------------
@@ -272,6 +288,7 @@ class DaskExecutor:
     def _started(self, event: tuple[float, dict]) -> None:
         """A task's start event (called on the client's event loop thread)."""
         msg = event[1]
+        self._places.setdefault(msg["address"], (msg["host"], msg["worker_gpu"]))
         if msg.get("key") not in self._ended:
             self._running[msg["key"]] = msg["place"]
 

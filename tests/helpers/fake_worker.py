@@ -27,7 +27,8 @@ print(f"fake worker: {case['model']} -> {behaviour}", flush=True)
 log_path = os.environ.get("FAKE_WORKER_LOG")
 record = {"case": "|".join(str(case[k]) for k in ("model", "framework", "image_size", "mode", "device")),
           "host": socket.gethostname(), "pid": os.getpid(), "parent_pid": os.getppid(),
-          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+          "malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
 def log(event: str) -> None:
