@@ -292,3 +292,59 @@ def test_the_case_process_does_not_inherit_the_dask_nanny_s_tuning(tmp_path, mon
     runner.run(_sweep(["lambda"]), tmp_path / "run", worker=FAKE, executor=executors.make("dask", local_workers=1))
     start, = [r for r in _log(log_path) if r["event"] == "start"]
     assert start["malloc_trim_threshold"] is None  # the nanny sets 65536 for its own worker process
+
+
+def test_ctrl_c_stops_the_cases_running_on_a_cluster_and_keeps_the_store(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    log_path = tmp_path / "where.jsonl"
+    monkeypatch.setenv("FAKE_WORKER_LOG", str(log_path))
+    monkeypatch.setenv("FAKE_WORKER", json.dumps({"mhsa": "sleep60", "sasa": "sleep60"}))
+    out = tmp_path / "run"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", resources={"GPU": 1}, memory_limit=0) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+        script = textwrap.dedent(f"""
+            import signal
+            from lambda_bench import runner
+            from lambda_bench.executors.dask import DaskExecutor
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+            sweep = runner.build_sweep({{"models": ["lambda", "mhsa", "sasa", "axial"], "frameworks": ["torch"],
+                                         "image_sizes": [16], "devices": ["cuda"]}}, "test")
+            runner.run(sweep, {str(out)!r}, worker={FAKE!r}, executor=DaskExecutor(scheduler={cluster.scheduler_address!r}))
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 60
+            long_cases: list[dict] = []
+            while time.time() < deadline and len(long_cases) < 2:  # both 60 s cases running, one per worker
+                time.sleep(0.1)
+                long_cases = [r for r in _log(log_path) if r["event"] == "start" and r["case"].split("|")[0] in
+                              ("mhsa", "sasa")]
+            assert len(long_cases) == 2, _log(log_path)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert "KeyboardInterrupt" in err
+        finally:
+            _kill_group(proc.pid)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(r["pid"]) for r in long_cases):
+            time.sleep(0.1)
+        assert not any(_alive(r["pid"]) for r in long_cases)  # stopped, not left to run 60 s
+        rows = results.read_rows(out)
+        assert {r["model"] for r in rows} <= {"lambda", "axial"} and all(r["status"] == "ok" for r in rows)
+        with Client(cluster, set_as_default=False) as client:  # the cluster's own setting is back
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == allowed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -92,6 +92,26 @@ def _warm() -> None:
     host_environment()
 
 
+def _kill_case_processes() -> int:
+    """Run on a Dask worker when a sweep stops (Ctrl-C): Dask cannot interrupt a running task, so kill
+    the case processes it launched (each leads its own process group, as run_case starts them);
+    run_case then returns and the task ends."""
+    import os
+    import signal
+
+    import psutil
+
+    killed = 0
+    for child in psutil.Process().children():
+        try:
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGKILL)
+                killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
 def _set_allowed_failures(n: int, dask_scheduler=None) -> int:
     old = dask_scheduler.allowed_failures
     dask_scheduler.allowed_failures = n
@@ -131,6 +151,7 @@ class DaskExecutor:
         self._places: dict[str, tuple[str, int | None]] = {}  # worker address -> (host, GPU)
         self._pending: dict[Any, Any] = {}  # future -> case
         self._running: dict[str, str] = {}  # task key -> place, from the tasks' start events
+        self._running_at: dict[str, str] = {}  # task key -> worker address
         self._ended: set[str] = set()  # keys whose start event may still be on its way
 
     # --- lifetime ---------------------------------------------------------------------------------
@@ -189,8 +210,12 @@ class DaskExecutor:
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         if client is not None:
             try:
-                if self._pending:  # Ctrl-C or an error: nothing queued may run for a sweep that stopped
+                if self._pending:  # Ctrl-C or an error: nothing queued or running goes on for a stopped sweep
+                    keys = {f.key for f in self._pending}
+                    workers = sorted({a for k, a in dict(self._running_at).items() if k in keys})
                     client.cancel(list(self._pending), force=True)
+                    if workers:
+                        client.run(_kill_case_processes, workers=workers)
                 if self._old_allowed_failures is not None and self.scheduler:
                     client.run_on_scheduler(_set_allowed_failures, self._old_allowed_failures)
             except Exception:
@@ -236,6 +261,7 @@ class DaskExecutor:
                 del self._pending[future]
                 self._ended.add(future.key)
                 self._running.pop(future.key, None)
+                self._running_at.pop(future.key, None)
                 future.release()  # a result left on a worker that dies later would be computed again
                 yield case, measured
 
@@ -291,6 +317,7 @@ class DaskExecutor:
         self._places.setdefault(msg["address"], (msg["host"], msg["worker_gpu"]))
         if msg.get("key") not in self._ended:
             self._running[msg["key"]] = msg["place"]
+            self._running_at[msg["key"]] = msg["address"]
 
     def running(self) -> list[str]:
         """Where the cases now running are ('host' or 'host GPU i', one entry per case)."""
