@@ -232,8 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               retries=args.retries, dashboard=args.dashboard)
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
     command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
-    print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}; executor: {executor.describe()}",
-          flush=True)
+    print(f"lambda-bench run: {len(sweep.cases)} cases ({source}) -> {out}", flush=True)
     started = time.perf_counter()
     run_dir = runner.run(sweep, out, resume=args.resume, command=command,
                          progress=lambda line: print(line, flush=True), executor=executor)

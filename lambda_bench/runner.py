@@ -353,6 +353,8 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
 
         executor = LocalExecutor()
     with executor:  # a cluster that cannot be reached fails here, before the store is touched
+        if progress:
+            progress(f"executor: {executor.describe()}")
         store = results.Store(out)
         store.write_env(results.environment({**sweep.as_config(), "command": command}))
         done = store.done_case_ids()

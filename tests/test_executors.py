@@ -348,3 +348,11 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_cuda_cases_without_a_gpu_worker_stop_with_one_line(tmp_path, capsys):
+    sweep = _sweep(["lambda"], devices=("cuda",))
+    executor = DaskExecutor(worker_specs=local_worker_specs(1, n_gpus=0))
+    with pytest.raises(ValueError, match="no worker of the Dask cluster offers the 'GPU' resource that the 1 cuda"):
+        runner.run(sweep, tmp_path / "run", worker=FAKE, executor=executor)
+    assert not results.read_rows(tmp_path / "run")

@@ -231,8 +231,9 @@ class DaskExecutor:
             return f"dask, scheduler {self.scheduler}"
         gpus = sum(1 for s in self.worker_specs if s["resources"].get("GPU"))
         n = len(self.worker_specs)
+        dashboard = f"; dashboard {self.cluster.dashboard_link}" if self.dashboard and self.cluster else ""
         return (f"dask, {n} local worker{'s' if n > 1 else ''} on 127.0.0.1 ({gpus} with a GPU; "
-                "CPU cases one at a time)")
+                f"CPU cases one at a time{dashboard})")
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -295,7 +296,8 @@ class DaskExecutor:
     def _wait_for_resources(self, names: set[str], phase: list) -> None:
         import time
 
-        deadline = time.monotonic() + self.worker_wait_s
+        # a local cluster's workers are all there from the start: nothing to wait for
+        deadline = time.monotonic() + (self.worker_wait_s if self.scheduler else 0.0)
         while True:
             workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
             offered = {name for w in workers for name, amount in (w.get("resources") or {}).items() if amount >= 1}
@@ -306,9 +308,10 @@ class DaskExecutor:
         if missing:
             device = {v: k for k, v in RESOURCES.items()}[missing[0]]
             n = sum(1 for c in phase if c.device == device)
+            how = (f"start workers with --resources {missing[0]}=1 (docs/cluster.md)" if self.scheduler else
+                   "--local-workers gives a worker a GPU for each GPU NVML finds (pip install 'lambda-bench[gpu]')")
             raise ValueError(f"no worker of the Dask cluster offers the {missing[0]!r} resource that the {n} "
-                             f"{device} case(s) request; start workers with --resources {missing[0]}=1 "
-                             "(docs/cluster.md)")
+                             f"{device} case(s) request; {how}")
         self._refresh_places()
 
     def _started(self, event: tuple[float, dict]) -> None:
