@@ -348,30 +348,30 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
     out = Path(out_dir)
     if out.exists() and (out / results.ROWS_FILE).exists() and not resume:
         raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a new directory")
+    store = results.Store(out)
+    store.write_env(results.environment({**sweep.as_config(), "command": command}))
+    done = store.done_case_ids()
+    todo = [c for c in sweep.cases if c.case_id not in done]
+    commit, names = results.git_commit(), device_names()
+    total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
+    started = time.perf_counter()
+    finished = 0
     if executor is None:
         from .executors.local import LocalExecutor
 
         executor = LocalExecutor()
-    with executor:  # a cluster that cannot be reached fails here, before the store is touched
+
+    def left(k: int) -> str:  # k cases of todo have started (one at a time) or ended (concurrent)
+        elapsed = time.perf_counter() - started
+        eta = f"{elapsed / k * (len(todo) - k):.0f} s" if k > 0 else "?"
+        return f"elapsed {elapsed:.0f} s, left ~{eta}"
+
+    def before(case: Case) -> None:
+        progress(f"[{skipped + finished + 1}/{total}] {case.describe()}  ({left(finished)})")
+
+    with executor:  # a cluster that cannot be reached fails here, before any case runs
         if progress:
             progress(f"executor: {executor.describe()}")
-        store = results.Store(out)
-        store.write_env(results.environment({**sweep.as_config(), "command": command}))
-        done = store.done_case_ids()
-        todo = [c for c in sweep.cases if c.case_id not in done]
-        commit, names = results.git_commit(), device_names()
-        total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
-        started = time.perf_counter()
-        finished = 0
-
-        def left(k: int) -> str:  # k cases of todo have started (one at a time) or ended (concurrent)
-            elapsed = time.perf_counter() - started
-            eta = f"{elapsed / k * (len(todo) - k):.0f} s" if k > 0 else "?"
-            return f"elapsed {elapsed:.0f} s, left ~{eta}"
-
-        def before(case: Case) -> None:
-            progress(f"[{skipped + finished + 1}/{total}] {case.describe()}  ({left(finished)})")
-
         for case, measured in executor.run(todo, sweep, worker, before=before if progress else None):
             measured = dict(measured)
             host_env = measured.pop(executors.HOST_ENV, None)
@@ -384,10 +384,10 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
                 continue
             if executor.concurrent:
                 running = executor.running()
-                place = executors.where(row)
-                progress(f"[{skipped + finished}/{total}] {case.describe()} on {place} -> {_one_line(row)}")
+                progress(f"[{skipped + finished}/{total}] {case.describe()} on {executors.where(row)} -> "
+                         f"{_one_line(row)}")
                 progress(f"    {len(running)} running{': ' + _places(running) if running else ''}, "
-                         f"{len(todo) - finished - len(running)} waiting ({left(finished)})")
+                         f"{max(0, len(todo) - finished - len(running))} waiting ({left(finished)})")
             else:
                 progress(f"    -> {_one_line(row)}")
     return out
