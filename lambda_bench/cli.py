@@ -229,6 +229,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
                              threads=args.threads, timeout_s=args.timeout)
     sweep = runner.build_sweep(config, source)
+    from . import executors
+
+    executor = executors.make(args.executor, scheduler=args.scheduler, local_workers=args.local_workers,
+                              retries=args.retries, dashboard=args.dashboard)
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
     command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
     # printed once the sweep has passed the checks that come before anything runs (a refused
@@ -242,7 +246,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
-        run_dir = runner.run(sweep, out, resume=args.resume, command=command, progress=progress)
+        run_dir = runner.run(sweep, out, resume=args.resume, command=command, progress=progress,
+                             executor=executor)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this message short
         wanted = {c.case_id for c in sweep.cases}
@@ -375,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per case before its worker is killed (status timeout)")
     p.add_argument("--out", help="run directory (default results/<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out: skip the cases it holds")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where the cases' workers run: local (default; one at a time here) or dask (one task "
+                        "per case on a Dask cluster; docs/cluster.md)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask: a running scheduler, e.g. tcp://host:8786 (workers started with --resources "
+                        "GPU=1 per GPU and machine=1 per node)")
+    p.add_argument("--local-workers", type=int, metavar="N",
+                   help="dask: start N workers on this machine, on 127.0.0.1 (worker i gets GPU i if there "
+                        "is one; CPU cases run one at a time; default: one per GPU, or 1)")
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="dask: run a case again up to N times when its Dask worker dies (default 0: a "
+                        "crashed row naming the host)")
+    p.add_argument("--dashboard", action="store_true", help="dask with --local-workers: serve the Dask dashboard")
     p.add_argument("--report", action="store_true", help="render the report of the run when it ends")
     p.add_argument("--report-dir", help="where --report writes (default reports/<run-id>)")
     p.set_defaults(func=_cmd_run)

@@ -10,6 +10,8 @@ config) and, while a writer has the directory, ``writer.lock``. The store's guar
   most the case in flight;
 - every line that is not a result row is named (file, line, why) and kept out of the data, never
   silently dropped; rows of older or newer versions load.
+env.json's "hosts" maps each machine that ran a case to its own environment (a Dask cluster may
+have several).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ COLUMNS: dict[str, str] = {
     "device": "cpu, cuda or tpu",
     "device_name": "the CPU model or the accelerator's name",
     "threads": "CPU threads the worker was pinned to (same for every framework in a run)",
+    "host": "hostname of the machine the case's worker ran on (env.json 'hosts' holds its environment)",
+    "gpu_index": "the GPU a cuda case ran on (first of its CUDA_VISIBLE_DEVICES, else 0); None otherwise",
     "status": "ok, oom, crashed, timeout, unsupported, unavailable or error",
     "error": "the error text when status is not ok; for ok rows, warnings (recompilation, diverged loss)",
     "step_time_median_s": "median seconds per step (synchronised)",
@@ -350,6 +354,7 @@ class Store:
         self.rows_path = self.dir / ROWS_FILE
         self._note = note or (lambda text: warnings.warn(StoreWarning(text), stacklevel=3))
         self._lock: _WriterLock | None = None
+        self._hosts: set[str] = set()  # hosts already in env.json
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -458,6 +463,23 @@ class Store:
                                   f"not be rewritten ({exc.strerror}); it is rebuilt from {ROWS_FILE} when the run "
                                   "directory is next opened") from None
 
+    def add_host(self, host: str, env: Mapping[str, Any]) -> bool:
+        """Record ``host``'s environment in env.json under "hosts" the first time the run sees it."""
+        if host in self._hosts:
+            return False
+        path = self.dir / ENV_FILE
+        current = json.loads(path.read_text()) if path.exists() else {}
+        hosts = current.setdefault("hosts", {})
+        self._hosts.update(hosts)
+        if host in hosts:
+            return False
+        self._hosts.add(host)
+        hosts[host] = dict(env)
+        tmp = self.dir / (ENV_FILE + ".tmp")
+        tmp.write_text(json.dumps(current, indent=2, default=_jsonable) + "\n")
+        os.replace(tmp, path)
+        return True
+
     def write_csv(self) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
@@ -529,7 +551,7 @@ def load(path: Path | str | Iterable[Path | str]):
         warnings.warn(StoreWarning(f"column(s) {', '.join(unknown)}: not in this version's schema (written by "
                                    "another version); loaded after the known columns"), stacklevel=2)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *unknown])
-    for col in ("image_size", "batch_size", "threads", "n_steps", "params", "recompilations"):
+    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from . import preflight, results, zoo
+from . import executors, preflight, results, zoo
 from .backend import FRAMEWORKS
 from .measure import steps
 from .measure.timing import TimingConfig
@@ -344,21 +344,31 @@ def device_names() -> dict[str, str]:
 
 
 def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str = "",
-        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] | None = None) -> Path:
+        progress: Callable[[str], None] | None = None, worker: tuple[str, ...] | None = None,
+        executor: Any = None) -> Path:
     """Run every case of ``sweep`` not already in ``out_dir`` (with ``resume``), appending a row per case.
     Before anything is measured: cases this machine cannot run are found (ValueError if that is all
     of them), ``out_dir`` is checked and locked (ValueError naming the problem or the other writer).
     A row that cannot be written stops the sweep (results.StoreWriteError); KeyboardInterrupt stops
-    the worker and leaves every stored row intact."""
+    the worker and leaves every stored row intact.
+
+    ``executor`` (lambda_bench.executors; default: local, one case at a time here) decides where each
+    case's worker runs and yields (case, measured) as cases end; this process alone writes the store."""
     worker = worker or WORKER
     say = progress or (lambda line: None)
-    blocked = preflight.blocked(sweep.cases)
+    if executor is None:
+        from .executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    # what this machine has says nothing of a cluster's nodes: there the executor checks placement
+    blocked = preflight.blocked(sweep.cases) if executor.runs_here else {}
     if len(blocked) == len(sweep.cases):
         raise ValueError(f"none of the {len(sweep.cases)} cases of the sweep can run here: "
                          f"{preflight.summary(blocked.values())}")
     out = results.check_out_dir(out_dir)
     run_id = Path(os.path.abspath(out)).name
-    with results.Store(out, note=say) as store:
+    # a cluster that cannot be reached fails here, before the run directory is touched
+    with executor, results.Store(out, note=say) as store:
         if (store.count or store.bad_lines) and not resume:
             raise ValueError(f"out={str(out)!r}: already holds results; pass --resume to continue it or choose a "
                              "new directory")
@@ -378,15 +388,35 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
             todo = [c for c in todo if c.case_id not in blocked]
         total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
         started = time.perf_counter()
-        for k, case in enumerate(todo, start=1):
-            if progress:
-                elapsed = time.perf_counter() - started
-                eta = f"{elapsed / (k - 1) * (len(todo) - k + 1):.0f} s" if k > 1 else "?"
-                progress(f"[{skipped + k}/{total}] {case.describe()}  (elapsed {elapsed:.0f} s, left ~{eta})")
-            measured = run_case(case, sweep, worker)
+        finished = 0
+
+        def left(k: int) -> str:  # k cases of todo have started (one at a time) or ended (concurrent)
+            elapsed = time.perf_counter() - started
+            eta = f"{elapsed / k * (len(todo) - k):.0f} s" if k > 0 else "?"
+            return f"elapsed {elapsed:.0f} s, left ~{eta}"
+
+        def before(case: Case) -> None:
+            say(f"[{skipped + finished + 1}/{total}] {case.describe()}  ({left(finished)})")
+
+        if executor.concurrent:
+            say(f"executor: {executor.describe()}")
+        for case, measured in executor.run(todo, sweep, worker, before=before if progress else None):
+            measured = dict(measured)
+            host_env = measured.pop(executors.HOST_ENV, None)
+            if host_env and measured.get("host"):
+                store.add_host(measured["host"], host_env)
             row = case_row(case, run_id, measured, commit, names.get(case.device, case.device))
             _append(store, row)
-            if progress:
+            finished += 1
+            if not progress:
+                continue
+            if executor.concurrent:
+                running = executor.running()
+                progress(f"[{skipped + finished}/{total}] {case.describe()} on {executors.where(row)} -> "
+                         f"{_one_line(row)}")
+                progress(f"    {len(running)} running{': ' + _places(running) if running else ''}, "
+                         f"{max(0, len(todo) - finished - len(running))} waiting ({left(finished)})")
+            else:
                 progress(f"    -> {_one_line(row)}")
     return out
 
@@ -440,6 +470,11 @@ def _sigint_deferred():
                 previous(signal.SIGINT, None)
             else:
                 raise KeyboardInterrupt
+def _places(places: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for p in places:
+        counts[p] = counts.get(p, 0) + 1
+    return ", ".join(p if n == 1 else f"{p} x{n}" for p, n in sorted(counts.items()))
 
 
 def _one_line(row: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@ resume, exit 130; `--resume` then finishes the sweep."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ def test_sigint_mid_case_one_line_exit_130_then_resume_finishes(tmp_path):
     args = [*LAYERS, "--out", str(out)]
     proc = start_cli(args, fake_env({"sasa": "hang"}, log=log))
     _wait_for(lambda: log.exists() and "sasa" in log.read_text())
-    worker_pid = int(log.read_text().splitlines()[-1].split()[0])
+    worker_pid = json.loads(log.read_text().splitlines()[-1])["pid"]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -112,14 +112,14 @@ def test_rows_of_older_and_newer_versions_load(tmp_path, capsys):
     new.mkdir()
     _write_lines(old, [json.dumps(_old_row(m, s)) for m in ("lambda_conv", "mhsa") for s in (8, 16, 32)]
                  + [json.dumps(_old_row("resnet26", 32))])
-    _write_lines(new, [json.dumps(_old_row("lambda_resnet26", 32, host="gpu-7", gpu_index=1, kind="model"))])
+    _write_lines(new, [json.dumps(_old_row("lambda_resnet26", 32, power_watts="gpu-7", energy_j=1, kind="model"))])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame = results.load([old, new])
     store_warnings = [str(w.message) for w in caught if issubclass(w.category, results.StoreWarning)]
-    assert len(store_warnings) == 1 and "column(s) host, gpu_index: not in this version's schema" in store_warnings[0]
-    assert list(frame.columns) == [*results.COLUMNS, "host", "gpu_index"]
-    assert frame.loc[frame.model == "lambda_resnet26", "host"].item() == "gpu-7"
+    assert len(store_warnings) == 1 and "column(s) power_watts, energy_j: not in this version's schema" in store_warnings[0]
+    assert list(frame.columns) == [*results.COLUMNS, "power_watts", "energy_j"]
+    assert frame.loc[frame.model == "lambda_resnet26", "power_watts"].item() == "gpu-7"
     by_model = frame.drop_duplicates("model").set_index("model")
     assert by_model.loc["mhsa", ["kind", "family", "mixer"]].tolist() == ["layer", "layer", "mhsa"]
     assert by_model.loc["resnet26", ["kind", "family", "mixer"]].tolist() == ["model", "resnet", "conv"]
@@ -127,7 +127,7 @@ def test_rows_of_older_and_newer_versions_load(tmp_path, capsys):
     assert set(frame.run_id) == {"old", "new"}
     assert frame.images_per_s.tolist() == pytest.approx((2 / frame.step_time_median_s).tolist())
     assert frame.train_s_per_1024.tolist() == pytest.approx((frame.step_time_median_s * 512).tolist())
-    assert "host" in json.loads((new / "results.jsonl").read_text())  # the JSON keeps what it had
+    assert "power_watts" in json.loads((new / "results.jsonl").read_text())  # the JSON keeps what it had
     # the report of the older run: it once failed on the missing mixer column
     assert cli.main(["report", str(old), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "report.md").read_text()

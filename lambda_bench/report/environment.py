@@ -33,6 +33,25 @@ def _short_config(config: dict) -> dict:
     return config
 
 
+def hosts_differ(env: dict) -> str | None:
+    """How the hosts that ran a run's cases differ in Python, framework versions or harness commit
+    (env.json "hosts"); None when they agree or there is one host."""
+    hosts = env.get("hosts") or {}
+    if len(hosts) < 2:
+        return None
+    facts: dict[str, dict[str, object]] = {}
+    for name, host_env in hosts.items():
+        facts[name] = {**{k: v for k, v in (host_env.get("versions") or {}).items()},
+                       "python": host_env.get("python"), "git commit": host_env.get("git_commit")}
+    keys = sorted({k for f in facts.values() for k in f})
+    parts = []
+    for key in keys:
+        values = {name: f.get(key) for name, f in facts.items()}
+        if len(set(values.values())) > 1:
+            parts.append(", ".join(f"{key} {v} on {name}" for name, v in sorted(values.items())))
+    return "; ".join(parts) or None
+
+
 def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for run_dir, env in envs:
@@ -51,6 +70,7 @@ def env_table(envs: list[tuple[str, dict | None]], rows: pd.DataFrame) -> pd.Dat
             "git_commit": env.get("git_commit"),
             "config": json.dumps(_short_config(env.get("config") or {}), sort_keys=True, default=str),
             "resumed": len(env.get("resumed") or []),
+            "hosts": ", ".join(sorted(env.get("hosts") or {})) or None,
         })
     return pd.DataFrame(out)
 
@@ -84,6 +104,11 @@ def section(rows: pd.DataFrame, envs: list[tuple[str, dict | None]], accuracy_so
     blocks: list = [Heading(HEADING),
                     Table("environment_summary", table, "Where the run was measured (env.json)", view=_env_view(table)),
                     Table("environment", table, "Environment per run (env.json), every field", appendix=True)]
+    for run_dir, env in envs:
+        differ = hosts_differ(env or {})
+        if differ:
+            blocks.append(Text(f"Caveat: the hosts that ran {run_dir} differ in versions ({differ}); "
+                               "compare their rows with care (each row's host column says where it ran)."))
     for run_dir, env in envs:
         command = ((env or {}).get("config") or {}).get("command")
         if command:

@@ -56,7 +56,10 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
 
 def started(log: Path) -> list[str]:
     """The models the stand-in worker was started for, in order."""
-    return [line.split()[1] for line in log.read_text().splitlines()] if log.exists() else []
+    if not log.exists():
+        return []
+    events = (json.loads(line) for line in log.read_text().splitlines())
+    return [e["model"] for e in events if e["event"] == "start"]
 
 
 @contextlib.contextmanager
