@@ -240,6 +240,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     print(f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{time.perf_counter() - started:.0f} s: {run_dir}/results.csv")
+    print(runner.stability_summary(rows))
     if args.report:
         from .report import render
 

@@ -38,6 +38,8 @@ COLUMNS: dict[str, str] = {
     "device": "cpu, cuda or tpu",
     "device_name": "the CPU model or the accelerator's name",
     "threads": "CPU threads the worker was pinned to (same for every framework in a run)",
+    "thread_policy": "threads, the CPUs they were pinned to of how many usable, and OMP_WAIT_POLICY (unset: "
+                     "libgomp's default, spin briefly then sleep)",
     "status": "ok, oom, crashed, timeout, unsupported, unavailable or error",
     "error": "the error text when status is not ok; for ok rows, warnings (recompilation, diverged loss)",
     "step_time_median_s": "median seconds per step (synchronised)",
@@ -47,6 +49,12 @@ COLUMNS: dict[str, str] = {
     "n_steps": "timed steps",
     "first_call_s": "the first call (trace + compile + run), timed apart",
     "recompilations": "traces/compilations seen inside the timed loop (should be 0)",
+    "rel_iqr": "step_time_iqr_s / step_time_median_s: the timed window's own stability",
+    "interference": "fraction (0..1) of the pinned CPUs' time used by other processes during the timed window "
+                    "(/proc/stat busy time minus the worker's own CPU time); None where not measurable",
+    "remeasured": "times the case was timed again in the same worker because the window was busy or unstable",
+    "flags": "'; '-joined reasons the figure is doubtful ('' when clean): 'busy machine: 38% of CPU time used "
+             "by other processes', 'unstable: IQR 45% of median', 'shared GPU: ...'; the row stays ok",
     "images_per_s": "batch_size / step_time_median_s",
     "train_s_per_1024": "training step time per 1024 images (the paper's Pareto axis); train rows only",
     "peak_mem_bytes": "peak memory of the steady-state steps (see mem_source)",
@@ -183,12 +191,13 @@ def load(path: Path | str | Iterable[Path | str]):
             raise ValueError(f"path={str(p)!r}: no {ROWS_FILE} there; not a lambda-bench run directory")
         rows.extend(read_rows(run_dir))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    for col in ("image_size", "batch_size", "threads", "n_steps", "params", "recompilations"):
+    for col in ("image_size", "batch_size", "threads", "n_steps", "params", "recompilations", "remeasured"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",
-                "flops_counted", "wall_s"):
+                "flops_counted", "wall_s", "rel_iqr", "interference"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    frame["flags"] = frame["flags"].fillna("")  # rows from before the flags column are unflagged
     return frame
 
 
