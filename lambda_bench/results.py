@@ -263,6 +263,8 @@ def environment(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_bytes": _total_memory(),
         "gpus": gpu_info(),
+        # the workers inherit it (torch's OpenMP threads: spin or sleep between parallel regions)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "unset",
         "versions": framework_versions(),
         "git_commit": git_commit(),
         "config": dict(config or {}),

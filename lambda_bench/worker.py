@@ -57,7 +57,8 @@ def _pin(threads: int | None, device: str) -> list[int] | None:
 
 def thread_policy(cpus: list[int] | None, usable: int) -> str:
     """The row's thread_policy: threads, which CPUs of how many usable, OpenMP's wait policy."""
-    threads = f"{len(cpus)} threads on CPUs {','.join(map(str, cpus))}" if cpus else "threads not set"
+    threads = (f"{len(cpus)} thread{'s' if len(cpus) != 1 else ''} on CPU{'s' if len(cpus) != 1 else ''} "
+               f"{','.join(map(str, cpus))}" if cpus else "threads not set")
     wait = os.environ.get("OMP_WAIT_POLICY")
     return f"{threads} of {usable} usable; OMP_WAIT_POLICY={wait.lower() if wait else 'unset'}"
 
