@@ -55,6 +55,11 @@ def _pin(threads: int | None, device: str) -> list[int] | None:
     return cpus
 
 
+def _affinity() -> list[int]:
+    """The CPUs this process may run on ([] where the OS does not say: no interference figure then)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def thread_policy(cpus: list[int] | None, usable: int) -> str:
     """The row's thread_policy: threads, which CPUs of how many usable, OpenMP's wait policy."""
     threads = (f"{len(cpus)} thread{'s' if len(cpus) != 1 else ''} on CPU{'s' if len(cpus) != 1 else ''} "
@@ -126,7 +131,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 
     timeout = case.get("timeout_s")
     outcome = interference.time_with_policy(
-        step.step, TimingConfig(**case.get("timing", {})), sorted(os.sched_getaffinity(0)),
+        step.step, TimingConfig(**case.get("timing", {})), _affinity(),
         traces=lambda: step.traces, after_warmup=reset_peaks, after_first_window=read_peaks,
         gpu_index=(case.get("gpu_index") or 0) if case["device"] == "cuda" else None,
         # a re-measurement must not push the case past the runner's timeout (its row would be lost)
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     case = json.loads(open(argv[0]).read())
     _die_with_parent(case.get("parent_pid"))
-    usable = len(os.sched_getaffinity(0))
+    usable = len(_affinity()) or (os.cpu_count() or 1)
     cpus = _pin(case.get("threads"), case["device"])
     _limit_memory(case.get("memory_limit_bytes"))
     start = time.perf_counter()
