@@ -7,6 +7,7 @@ and in a real worker through the runner. No assertion here depends on how fast a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -246,3 +247,28 @@ def test_a_real_worker_next_to_a_busy_process_gives_a_flagged_row(tmp_path):
     assert "busy machine: " in row["flags"] and "% of CPU time used by other processes" in row["flags"]
     assert row["remeasured"] == 0  # the neighbour never stopped: no calm, no pointless re-timing
     assert row["thread_policy"].startswith(f"1 thread on CPU {cpu} of ")
+
+
+def test_cli_policy_options_reach_the_rows_and_env(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from lambda_bench import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # restored after the test: the CLI sets it
+    out = tmp_path / "run"
+    assert cli.main(["run", "--models", "lambda_conv", "--frameworks", "torch", "--image-size", "8",
+                     "--batch-size", "2", "--threads", "1", "--remeasure", "0", "--max-interference", "0.5",
+                     "--omp-wait-policy", "passive", "--out", str(out)]) == 0
+    env = json.loads((out / results.ENV_FILE).read_text())
+    assert env["omp_wait_policy"] == "PASSIVE"
+    assert env["config"]["timing"]["remeasure"] == 0 and env["config"]["timing"]["max_interference"] == 0.5
+    (row,) = results.read_rows(out)
+    assert row["thread_policy"].endswith("OMP_WAIT_POLICY=passive") and row["remeasured"] == 0
+    assert row["rel_iqr"] == pytest.approx(row["step_time_iqr_s"] / row["step_time_median_s"])
+
+
+def test_cli_bad_policy_option_is_one_line(capsys):
+    from lambda_bench import cli
+
+    assert cli.main(["run", "--models", "lambda_conv", "--remeasure", "-1", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambda-bench: error: remeasure=-1") and len(err.strip().splitlines()) == 1
