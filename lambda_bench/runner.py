@@ -387,6 +387,9 @@ def stability_summary(rows: list[Mapping[str, Any]]) -> str:
         lines.append(f"  {r.get('case_id')}: {r['flags']}")
     if len(flagged) > 10:
         lines.append(f"  ... and {len(flagged) - 10} more")
+    if any("busy machine" in r["flags"] for r in flagged):
+        lines.append("  other processes shared the CPUs: rerun those cases on a quiet machine, or trade idle speed "
+                     "for less sensitivity with --threads (fewer) or --omp-wait-policy passive (docs/measurement.md)")
     return "\n".join(lines)
 
 
