@@ -272,3 +272,34 @@ def test_cli_bad_policy_option_is_one_line(capsys):
     assert cli.main(["run", "--models", "lambda_conv", "--remeasure", "-1", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lambda-bench: error: remeasure=-1") and len(err.strip().splitlines()) == 1
+
+
+@linux
+def test_wait_for_calm_waits_while_a_neighbour_burns_and_gives_up_in_time():
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    child = _busy_child(cpu)
+    try:
+        calm, waited, fraction = interference.wait_for_calm([cpu], threshold=0.05, max_wait_s=1.2, interval_s=0.3)
+    finally:
+        _stop(child)
+    assert not calm and fraction > 0.05
+    assert 0.9 <= waited <= 3.0  # bounded by max_wait_s (plus one interval of slack on a slow box)
+    calm, waited, _ = interference.wait_for_calm([cpu], threshold=1.0, max_wait_s=5.0, interval_s=0.1)
+    assert calm and waited < 2.0  # any interval passes a bound of 100%
+
+
+def test_gpu_neighbours_counted_from_nvml(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: i,
+                                 nvmlDeviceGetComputeRunningProcesses=lambda h: ["ours", "theirs", "another"])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert interference.gpu_other_processes(0) == 2
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: []  # a container that hides every process
+    assert interference.gpu_other_processes(0) == 0
+
+    def no_gpu(i):
+        raise RuntimeError("NVML: no such device")
+
+    fake.nvmlDeviceGetHandleByIndex = no_gpu
+    assert interference.gpu_other_processes(0) is None
