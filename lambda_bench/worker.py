@@ -2,7 +2,9 @@
 
 Everything that must precede the framework import happens here first: thread pinning (CPU affinity
 plus the frameworks' own thread settings), GPU memory behaviour (TF memory growth, no JAX
-preallocation), hiding GPUs from CPU cases, an optional address-space limit. The runner reads
+preallocation), hiding GPUs from CPU cases, an optional address-space limit. The step is timed
+with the interference monitor around the timed loop, and timed again in this process when another
+process shared its CPUs or the step times scattered (lambda_bench.measure.interference). The runner reads
 RESULT_JSON; a worker that dies before writing it is reported by the runner (crashed / timeout).
 """
 
@@ -62,10 +64,11 @@ def _affinity() -> list[int]:
 
 def thread_policy(cpus: list[int] | None, usable: int) -> str:
     """The row's thread_policy: threads, which CPUs of how many usable, OpenMP's wait policy."""
-    threads = (f"{len(cpus)} thread{'s' if len(cpus) != 1 else ''} on CPU{'s' if len(cpus) != 1 else ''} "
-               f"{','.join(map(str, cpus))}" if cpus else "threads not set")
+    plural = "s" if cpus and len(cpus) != 1 else ""
+    threads = (f"{len(cpus)} thread{plural} on CPU{plural} {','.join(map(str, cpus))} of {usable} usable" if cpus
+               else f"threads not set, {usable} CPUs usable")
     wait = os.environ.get("OMP_WAIT_POLICY")
-    return f"{threads} of {usable} usable; OMP_WAIT_POLICY={wait.lower() if wait else 'unset'}"
+    return f"{threads}; OMP_WAIT_POLICY={wait.lower() if wait else 'unset'}"
 
 
 def _limit_memory(limit_bytes: int | None) -> None:

@@ -47,16 +47,20 @@ def test_cpu_ticks_names_a_missing_cpu():
 
 
 def test_others_fraction_subtracts_the_workers_own_time():
-    before = CpuSample(busy_ticks=1000, total_ticks=10_000, own_s=5.0, wall_s=0.0)
-    # 1 s on 2 CPUs at 100 Hz: 200 ticks, all busy; the worker itself used 1.2 CPU-seconds
-    busy = CpuSample(busy_ticks=1200, total_ticks=10_200, own_s=6.2, wall_s=1.0)
-    assert others_fraction(before, busy, tick_hz=100) == pytest.approx(0.4)
+    before = CpuSample(busy_ticks=1000, total_ticks=10_000, own_s=5.0, wall_s=0.0, n_cpus=2)
+    # 1 s on 2 CPUs at 100 Hz: 200 ticks, all busy; the worker itself used 1.2 CPU-seconds; one
+    # tick per CPU is rounding: (200 - 120 - 2) / 200
+    busy = CpuSample(busy_ticks=1200, total_ticks=10_200, own_s=6.2, wall_s=1.0, n_cpus=2)
+    assert others_fraction(before, busy, tick_hz=100) == pytest.approx(0.39)
     # the worker alone: its own time is all the busy time (a tick's rounding either way is clamped)
-    alone = CpuSample(busy_ticks=1199, total_ticks=10_200, own_s=7.0, wall_s=1.0)
+    alone = CpuSample(busy_ticks=1201, total_ticks=10_200, own_s=7.0, wall_s=1.0, n_cpus=2)
     assert others_fraction(before, alone, tick_hz=100) == 0.0
     # the worker asleep while something else burns one CPU of two
-    idle_worker = CpuSample(busy_ticks=1100, total_ticks=10_200, own_s=5.0, wall_s=1.0)
-    assert others_fraction(before, idle_worker, tick_hz=100) == pytest.approx(0.5)
+    idle_worker = CpuSample(busy_ticks=1100, total_ticks=10_200, own_s=5.0, wall_s=1.0, n_cpus=2)
+    assert others_fraction(before, idle_worker, tick_hz=100) == pytest.approx(0.49)
+    # a 5 ms window that caught one stray tick on each CPU is not "busy"
+    stray = CpuSample(busy_ticks=1002, total_ticks=10_002, own_s=5.004, wall_s=0.005, n_cpus=2)
+    assert others_fraction(before, stray, tick_hz=100) == 0.0
     assert others_fraction(before, before, tick_hz=100) is None  # no tick counted: nothing to say
 
 
@@ -74,7 +78,7 @@ class ScriptedCpus:
         if self.calls % 2 == 0:  # the end of a window
             self.busy += round(100 * self.shares.pop(0))
             self.total += 100
-        return CpuSample(self.busy, self.total, 0.0, time.perf_counter())
+        return CpuSample(self.busy, self.total, 0.0, time.perf_counter(), n_cpus=0)  # exact counts: no rounding
 
 
 def _policy(monkeypatch, shares, calm=True, **config):
@@ -223,9 +227,9 @@ def test_the_workers_own_busy_time_is_not_interference():
     own = (after.own_s - before.own_s) * interference._TICK_HZ
     total = after.total_ticks - before.total_ticks
     fraction = others_fraction(before, after)
-    assert own / total > 0.2  # we did run
-    # the own time was subtracted: others + own cannot exceed the CPU's time (2 ticks of rounding)
-    assert fraction + own / total <= 1.0 + 2 / total
+    assert own / total > 0.05  # we did run (more than a few ticks, even on a crowded CPU)
+    # the own time was subtracted: others + own cannot exceed the CPU's time (a tick of rounding)
+    assert fraction + own / total <= 1.0 + 1 / total
 
 
 @linux

@@ -12,7 +12,8 @@ the kernel's interrupt handling. It is the figure that matters for PyTorch on CP
 threads spin-wait at every parallel region, so a thread that loses its core to another process
 holds up every other thread, and a step can take 10-200x longer while others use a third of the
 cores. /proc/stat counts in ticks (usually 10 ms), so over a 0.5 s window on 2 CPUs the figure is
-good to about +-2%; shorter windows are read with the same formula and a coarser result.
+good to about +-2%; one tick per CPU is put down to rounding (a lower bound, so that a window of a
+few ticks cannot read as busy from one stray tick).
 
 On an NVIDIA GPU, the number of other processes holding a context on the case's GPU (NVML) is
 recorded as well: they share its compute, and nothing the worker does can wait them out.
@@ -50,6 +51,7 @@ class CpuSample:
     total_ticks: int
     own_s: float
     wall_s: float
+    n_cpus: int = 1  # the tick rounding: up to one tick per CPU per window is not counted as others
 
 
 def cpu_ticks(cpus: Iterable[int], stat_text: str | None = None) -> tuple[int, int]:
@@ -76,19 +78,23 @@ def cpu_ticks(cpus: Iterable[int], stat_text: str | None = None) -> tuple[int, i
 
 def sample(cpus: Sequence[int]) -> CpuSample:
     busy, total = cpu_ticks(cpus)
-    return CpuSample(busy, total, time.process_time(), time.perf_counter())
+    return CpuSample(busy, total, time.process_time(), time.perf_counter(), len(cpus))
 
 
 def others_fraction(before: CpuSample, after: CpuSample, tick_hz: float | None = None) -> float | None:
     """Share (0..1) of the pinned CPUs' time between the samples used by other processes; None when
-    the kernel counted no time at all (a window shorter than a tick)."""
+    the kernel counted no time at all (a window shorter than a tick).
+
+    Conservative: the CPUs' busy time is counted in whole ticks and the process's own time exactly,
+    so one tick per CPU of busy time is put down to rounding, not to others (without that, a 5 ms
+    window could read 70% "others" from one stray tick)."""
     hz = tick_hz or _TICK_HZ
     total = after.total_ticks - before.total_ticks
     if total <= 0:
         return None
     busy = after.busy_ticks - before.busy_ticks
     own = (after.own_s - before.own_s) * hz
-    return min(1.0, max(0.0, (busy - own) / total))
+    return min(1.0, max(0.0, (busy - own - after.n_cpus) / total))
 
 
 _TICK_HZ = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -163,7 +169,7 @@ class Attempt:
     duration_s: float = 0.0  # warm-up and timed loop: what another window costs
 
     def problems(self, config: TimingConfig) -> list[str]:
-        """Human-readable reasons this window's figure is doubtful ("" none)."""
+        """Human-readable reasons this window's figure is doubtful ([] when none)."""
         out = []
         if self.interference is not None and self.interference > config.max_interference:
             out.append(f"busy machine: {self.interference:.0%} of CPU time used by other processes")
