@@ -228,11 +228,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),
                              precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
                              threads=args.threads, timeout_s=args.timeout)
+    if args.remeasure is not None or args.max_interference is not None:
+        config = {**config, "timing": {**config.get("timing", {}), **{k: v for k, v in (
+            ("remeasure", args.remeasure), ("max_interference", args.max_interference)) if v is not None}}}
     sweep = runner.build_sweep(config, source)
     from . import executors
 
     executor = executors.make(args.executor, scheduler=args.scheduler, local_workers=args.local_workers,
                               retries=args.retries, dashboard=args.dashboard)
+    if args.omp_wait_policy:  # the workers inherit it; env.json and every row record it
+        if args.omp_wait_policy == "unset":
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     out = args.out or os.path.join("results", time.strftime("%Y%m%d-%H%M%S"))
     command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
     # printed once the sweep has passed the checks that come before anything runs (a refused
@@ -266,6 +274,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     print(f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{time.perf_counter() - started:.0f} s: {run_dir}/results.csv")
+    print(runner.stability_summary(rows))
     if args.report:
         from .report import render
 
@@ -273,6 +282,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         path = render([run_dir], report_dir)
         print(f"report: {path} (and {os.path.join(os.path.dirname(str(path)), 'report.html')})")
     return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce, results, runner
+
+    first = results.read_rows(args.run_dir)
+    if not first:
+        raise ValueError(f"RUN_DIR {args.run_dir!r}: no {results.ROWS_FILE} rows there; not a lambda-bench run")
+    if args.against:
+        second_dir = args.against
+        second = results.read_rows(second_dir)
+        if not second:
+            raise ValueError(f"--against {second_dir!r}: no {results.ROWS_FILE} rows there; not a lambda-bench run")
+    else:
+        sweep = reproduce.sweep_of(args.run_dir)
+        second_dir = args.out or os.path.normpath(args.run_dir) + "-repro"
+        command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
+        if not args.json:
+            print(f"lambda-bench reproduce: {len(sweep.cases)} ok cases of {args.run_dir} measured again -> "
+                  f"{second_dir}", flush=True)
+        runner.run(sweep, second_dir, resume=args.resume, command=command,
+                   progress=None if args.json else (lambda line: print(line, flush=True)))
+        second = results.read_rows(second_dir)
+        if not args.json:
+            print(runner.stability_summary(second))
+    agreement = reproduce.compare(first, second)
+    if args.json:
+        print(json.dumps({"first": args.run_dir, "second": str(second_dir), **agreement.as_dict()}, indent=2))
+    else:
+        print(reproduce.format_agreement(agreement, args.run_dir, str(second_dir)))
+    return 0 if agreement.reproduces else 1
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -378,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, tpu")
     p.add_argument("--threads", type=int, help="CPU threads for every framework (the worker is pinned to them)")
     p.add_argument("--timeout", type=float, help="seconds per case before its worker is killed (status timeout)")
+    p.add_argument("--remeasure", type=int, metavar="N",
+                   help="times a case is timed again when its window was busy or unstable (default 2; 0: only flag)")
+    p.add_argument("--max-interference", type=float, metavar="FRACTION",
+                   help="share of the pinned CPUs' time other processes may use in a timed window (default 0.10)")
+    p.add_argument("--omp-wait-policy", choices=("unset", "passive", "active"),
+                   help="OpenMP wait policy for the workers (default: as in your environment; unset is "
+                        "libgomp's spin-briefly-then-sleep; docs/measurement.md)")
     p.add_argument("--out", help="run directory (default results/<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out: skip the cases it holds")
     p.add_argument("--executor", choices=("local", "dask"), default="local",
@@ -396,6 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="render the report of the run when it ends")
     p.add_argument("--report-dir", help="where --report writes (default reports/<run-id>)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "reproduce", help="measure a run's cases again and report per-case agreement",
+        description="Measure the ok cases of RUN_DIR again (its threads, timing and re-measurement policy) into "
+                    "a new run directory and compare the median step times case by case: median ratio, share "
+                    "within 10%%, worst case, cases beyond 1.5x. Exit 1 when fewer than 90%% of cases agree "
+                    "within 10%% or any is beyond 1.5x (lambda_bench/reproduce.py).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="where the second measurement goes (default RUN_DIR-repro)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted second measurement in --out")
+    p.add_argument("--against", metavar="OTHER_RUN", help="compare with this existing run instead of measuring")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("flops", help="analytic FLOPs against each framework's own counter")
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -52,6 +52,8 @@ COLUMNS: dict[str, str] = {
     "threads": "CPU threads the worker was pinned to (same for every framework in a run)",
     "host": "hostname of the machine the case's worker ran on (env.json 'hosts' holds its environment)",
     "gpu_index": "the GPU a cuda case ran on (first of its CUDA_VISIBLE_DEVICES, else 0); None otherwise",
+    "thread_policy": "threads, the CPUs they were pinned to of how many usable, and OMP_WAIT_POLICY (unset: "
+                     "libgomp's default, spin briefly then sleep)",
     "status": "ok, oom, crashed, timeout, unsupported, unavailable or error",
     "error": "the error text when status is not ok; for ok rows, warnings (recompilation, diverged loss)",
     "step_time_median_s": "median seconds per step (synchronised)",
@@ -61,6 +63,12 @@ COLUMNS: dict[str, str] = {
     "n_steps": "timed steps",
     "first_call_s": "the first call (trace + compile + run), timed apart",
     "recompilations": "traces/compilations seen inside the timed loop (should be 0)",
+    "rel_iqr": "step_time_iqr_s / step_time_median_s: the timed window's own stability",
+    "interference": "fraction (0..1) of the pinned CPUs' time used by other processes during the timed window "
+                    "(/proc/stat busy time minus the worker's own CPU time); None where not measurable",
+    "remeasured": "times the case was timed again in the same worker because the window was busy or unstable",
+    "flags": "'; '-joined reasons the figure is doubtful ('' when clean): 'busy machine: 38% of CPU time used "
+             "by other processes', 'unstable: IQR 45% of median', 'shared GPU: ...'; the row stays ok",
     "images_per_s": "batch_size / step_time_median_s",
     "train_s_per_1024": "training step time per 1024 images (the paper's Pareto axis); train rows only",
     "peak_mem_bytes": "peak memory of the steady-state steps (see mem_source)",
@@ -551,12 +559,13 @@ def load(path: Path | str | Iterable[Path | str]):
         warnings.warn(StoreWarning(f"column(s) {', '.join(unknown)}: not in this version's schema (written by "
                                    "another version); loaded after the known columns"), stacklevel=2)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *unknown])
-    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations"):
+    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations", "remeasured"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",
-                "flops_counted", "wall_s"):
+                "flops_counted", "wall_s", "rel_iqr", "interference"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    frame["flags"] = frame["flags"].fillna("")  # rows from before the flags column are unflagged
     return frame
 
 
@@ -623,6 +632,8 @@ def environment(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_bytes": _total_memory(),
         "gpus": gpu_info(),
+        # the workers inherit it (torch's OpenMP threads: spin or sleep between parallel regions)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "unset",
         "versions": framework_versions(),
         "git_commit": git_commit(),
         "config": dict(config or {}),

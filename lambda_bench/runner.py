@@ -282,7 +282,7 @@ def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) ->
     ``worker``: the worker command (default WORKER, looked up when called)."""
     worker = worker or WORKER
     payload = {**dataclasses.asdict(case), "seed": sweep.seed, "timing": dataclasses.asdict(sweep.timing),
-               "memory_limit_bytes": sweep.memory_limit_bytes, "parent_pid": os.getpid()}
+               "memory_limit_bytes": sweep.memory_limit_bytes, "parent_pid": os.getpid(), "timeout_s": sweep.timeout_s}
     with tempfile.TemporaryDirectory(prefix="lambda-bench-") as tmp:
         case_path, result_path, log_path = (Path(tmp) / n for n in ("case.json", "result.json", "worker.log"))
         case_path.write_text(json.dumps(payload))
@@ -482,8 +482,27 @@ def _one_line(row: Mapping[str, Any]) -> str:
         return f"{row.get('status')}: {str(row.get('error'))[:160]}"
     mem = row.get("peak_mem_bytes")
     mem_text = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
+    again = f", re-measured {row['remeasured']}x" if row.get("remeasured") else ""
+    flags = f"  [flagged: {row['flags']}]" if row.get("flags") else ""
     return (f"ok  {row['step_time_median_s'] * 1e3:.1f} ms/step (n={row['n_steps']}), "
-            f"{row['images_per_s']:.1f} img/s, first call {row['first_call_s']:.2f} s{mem_text}")
+            f"{row['images_per_s']:.1f} img/s, first call {row['first_call_s']:.2f} s{mem_text}{again}{flags}")
+
+
+def stability_summary(rows: list[Mapping[str, Any]]) -> str:
+    """The end-of-run lines on interference: how many cases were re-measured, how many stay flagged."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    again = sum(1 for r in ok if r.get("remeasured"))
+    flagged = [r for r in ok if r.get("flags")]
+    lines = [f"re-measured (busy or unstable window): {again} of {len(ok)} ok cases; "
+             f"flagged (figure doubtful, see the flags column): {len(flagged)}"]
+    for r in flagged[:10]:
+        lines.append(f"  {r.get('case_id')}: {r['flags']}")
+    if len(flagged) > 10:
+        lines.append(f"  ... and {len(flagged) - 10} more")
+    if any("busy machine" in r["flags"] for r in flagged):
+        lines.append("  other processes shared the CPUs: rerun those cases on a quiet machine, or trade idle speed "
+                     "for less sensitivity with --threads (fewer) or --omp-wait-policy passive (docs/measurement.md)")
+    return "\n".join(lines)
 
 
 def summary_table(rows: list[Mapping[str, Any]]) -> str:

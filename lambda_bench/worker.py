@@ -2,7 +2,9 @@
 
 Everything that must precede the framework import happens here first: thread pinning (CPU affinity
 plus the frameworks' own thread settings), GPU memory behaviour (TF memory growth, no JAX
-preallocation), hiding GPUs from CPU cases, an optional address-space limit. The runner reads
+preallocation), hiding GPUs from CPU cases, an optional address-space limit. The step is timed
+with the interference monitor around the timed loop, and timed again in this process when another
+process shared its CPUs or the step times scattered (lambda_bench.measure.interference). The runner reads
 RESULT_JSON; a worker that dies before writing it is reported by the runner (crashed / timeout).
 """
 
@@ -16,6 +18,7 @@ import time
 import traceback
 from typing import Any
 
+_STARTED = time.perf_counter()  # the worker's start, for the runner's timeout
 OOM_MARKERS = ("out of memory", "resource_exhausted", "resourceexhausted", "can't allocate memory",
                "cannot allocate memory", "failed to allocate", "std::bad_alloc", "oom when allocating")
 
@@ -54,6 +57,20 @@ def _pin(threads: int | None, device: str) -> list[int] | None:
     return cpus
 
 
+def _affinity() -> list[int]:
+    """The CPUs this process may run on ([] where the OS does not say: no interference figure then)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def thread_policy(cpus: list[int] | None, usable: int) -> str:
+    """The row's thread_policy: threads, which CPUs of how many usable, OpenMP's wait policy."""
+    plural = "s" if cpus and len(cpus) != 1 else ""
+    threads = (f"{len(cpus)} thread{plural} on CPU{plural} {','.join(map(str, cpus))} of {usable} usable" if cpus
+               else f"threads not set, {usable} CPUs usable")
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    return f"{threads}; OMP_WAIT_POLICY={wait.lower() if wait else 'unset'}"
+
+
 def _limit_memory(limit_bytes: int | None) -> None:
     if limit_bytes:
         import resource
@@ -77,8 +94,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     """The result row's measured columns for ``case`` (keys of lambda_bench.results.COLUMNS)."""
     from lambda_bench import counting, zoo
     from lambda_bench.backend import FrameworkUnavailable, get_backend
-    from lambda_bench.measure import memory, steps
-    from lambda_bench.measure.timing import TimingConfig, time_step
+    from lambda_bench.measure import interference, memory, steps
+    from lambda_bench.measure.timing import TimingConfig
 
     row: dict[str, Any] = {}
     zcase = zoo.case(case["model"], case.get("image_size"), case["batch_size"])
@@ -106,16 +123,23 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         if nvml is not None:
             nvml.reset()
 
-    timing = time_step(step.step, TimingConfig(**case.get("timing", {})), traces=lambda: step.traces,
-                       after_warmup=reset_peaks)
-    row.update(timing.summary())
-    device_peak, device_source = step.peak_memory()
-    if device_peak is not None:
-        row["peak_mem_bytes"], row["mem_source"] = device_peak, device_source
-    else:
-        row["peak_mem_bytes"], row["mem_source"] = resident.peak(), resident.source
-    if nvml is not None and nvml.available:
-        row["nvml_peak_bytes"] = nvml.peak()
+    def read_peaks() -> None:  # after the first timed window: the fresh process's figure
+        device_peak, device_source = step.peak_memory()
+        if device_peak is not None:
+            row["peak_mem_bytes"], row["mem_source"] = device_peak, device_source
+        else:
+            row["peak_mem_bytes"], row["mem_source"] = resident.peak(), resident.source
+        if nvml is not None and nvml.available:
+            row["nvml_peak_bytes"] = nvml.peak()
+
+    timeout = case.get("timeout_s")
+    outcome = interference.time_with_policy(
+        step.step, TimingConfig(**case.get("timing", {})), _affinity(),
+        traces=lambda: step.traces, after_warmup=reset_peaks, after_first_window=read_peaks,
+        gpu_index=(case.get("gpu_index") or 0) if case["device"] == "cuda" else None,
+        # a re-measurement must not push the case past the runner's timeout (its row would be lost)
+        deadline=_STARTED + 0.85 * timeout if timeout else None)
+    row.update(outcome.columns())
     notes = []
     if case["mode"] == "train" and not _finite(step.loss()):
         # the synthetic loss can diverge (a global lambda layer at 32 px and up, SGD at lr 0.01); the
@@ -129,8 +153,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     if counted.get("flops") is not None:
         row["flops_counted"] = counted["flops"] / case["batch_size"]
     row["flops_counter"] = f"{counted.get('counter', '')}: {counted.get('note', '')}".strip(": ")
-    if timing.recompilations:
-        notes.append(f"{timing.recompilations} recompilation(s) inside the timed loop")
+    if row["recompilations"]:
+        notes.append(f"{row['recompilations']} recompilation(s) inside the timed loop")
     if notes:
         row["error"] = "; ".join(notes)
     row["status"] = "ok"
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     case = json.loads(open(argv[0]).read())
     _die_with_parent(case.get("parent_pid"))
+    usable = len(_affinity()) or (os.cpu_count() or 1)
     cpus = _pin(case.get("threads"), case["device"])
     _limit_memory(case.get("memory_limit_bytes"))
     start = time.perf_counter()
@@ -158,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     row["wall_s"] = time.perf_counter() - start
     row["pinned_cpus"] = cpus
+    row["thread_policy"] = thread_policy(cpus, usable)
     tmp = argv[1] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(row, f, default=lambda v: v.item() if hasattr(v, "item") else str(v))
