@@ -61,10 +61,11 @@ def protocol_members(protocol: type) -> list[str]:
     """The protocol's attributes and methods in definition order (``__init__`` included where it is
     written out: the constructor every implementation takes)."""
     names = [name for name in getattr(protocol, "__annotations__", {})]
-    names += [name for name, value in vars(protocol).items()
-              if (inspect.isfunction(value) or isinstance(value, property))
-              and (not name.startswith("__") or name == "__init__")
-              and getattr(value, "__qualname__", "").startswith(f"{protocol.__qualname__}.")]  # not Protocol's own
+    for name, value in vars(protocol).items():
+        function = value.fget if isinstance(value, property) else value
+        if (inspect.isfunction(function) and (not name.startswith("__") or name == "__init__")
+                and function.__qualname__.startswith(f"{protocol.__qualname__}.")):  # not Protocol's own __init__
+            names.append(name)
     return names
 
 
