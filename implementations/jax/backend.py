@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Literal
 
-from implementations.jax.lambda_layer import LambdaLayer, widen
+from implementations.jax._numerics import widen
+from implementations.jax.lambda_layer import LambdaLayer
 from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps

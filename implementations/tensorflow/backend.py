@@ -18,7 +18,8 @@ from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
-from implementations.tensorflow.lambda_layer import LambdaLayer, default_dtype
+from implementations.tensorflow._numerics import default_dtype
+from implementations.tensorflow.lambda_layer import LambdaLayer
 
 
 def model_class(spec: Any) -> type:

@@ -16,9 +16,8 @@ from lambda_bench import specs
 from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
+from ._numerics import DTYPES, as_float
 from .lambda_layer import LambdaLayer
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_class(spec: Any) -> type:
@@ -139,7 +138,7 @@ class TorchStep:
         """The latest step's forward output as NumPy float32, NHWC (for tests)."""
         if self._out is None:
             raise RuntimeError("no step has run yet")
-        return _from_native(self._out.float())
+        return _from_native(self._out)
 
     def _weights(self) -> dict[str, np.ndarray]:
         return self.model.export_canonical()
@@ -242,8 +241,9 @@ def _to_native(model: nn.Module, a: np.ndarray) -> torch.Tensor:
 
 
 def _from_native(t: torch.Tensor) -> np.ndarray:
+    """A tensor -> NumPy NHWC (or (b, classes)), float64 kept, anything else float32."""
     t = t.detach()
-    return (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).contiguous().cpu().numpy()
+    return as_float((t.permute(0, 2, 3, 1) if t.ndim == 4 else t).contiguous())
 
 
 BACKEND = FrameworkBackend()
