@@ -290,9 +290,11 @@ class JaxStep:
         return {"flops": None if flops is None else int(flops), "counter": "XLA cost analysis", "note": note}
 
     def _output(self) -> np.ndarray:
-        """The inference forward (at the step's precision) of the current state, float32 NumPy NHWC: in
-        infer mode the latest step's output (for tests)."""
-        return np.asarray(self._forward(self._params, self._rest, self._x))
+        """The latest infer step's output, float32 NumPy NHWC (for tests); in train mode, whose step
+        keeps no output, or before a step: the inference forward (at the step's precision) of the
+        current state."""
+        out = self._out if self._out is not None else self._forward(self._params, self._rest, self._x)
+        return np.asarray(out)
 
     def _weights(self) -> dict[str, np.ndarray]:
         model = nnx.merge(self._graphdef, self._params, self._rest)

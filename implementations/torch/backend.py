@@ -141,7 +141,8 @@ class TorchStep:
         return _from_native(self._out)
 
     def _weights(self) -> dict[str, np.ndarray]:
-        return self.model.export_canonical()
+        # copies: on CPU a model's export may be a view of the live parameters, which the next step changes
+        return {name: np.array(value) for name, value in self.model.export_canonical().items()}
 
     # --- helpers ------------------------------------------------------------------------------------
 
