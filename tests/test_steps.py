@@ -349,8 +349,9 @@ def torch_backend():
 
 
 def test_torch_sets_the_module_mode_and_count_flops_restores_it(torch_backend):
+    from implementations.torch.backend import TorchStep
     train = torch_backend.prepare(small("resnet26"), mode="train")
-    assert train.model.training
+    assert isinstance(train, TorchStep) and train.model.training
     train.count_flops()  # runs the module in eval mode
     assert train.model.training  # restored: the train step is unaffected
     assert not torch_backend.prepare(small("resnet26"), mode="infer").model.training
