@@ -14,7 +14,7 @@ from lambda_bench.layout import relative_index
 
 # Conv2DBackpropInput with k input and u output channels is slower than the FFT at every band size
 # the benchmarks reach, and the swapped convolution that wins in torch and JAX on small bands loses
-# here too (lambda-bench peers --plans): the input gradient is always an FFT.
+# here too (measured on CPU): the input gradient is always an FFT.
 FULL_FFT_MIN_AREA = 0  # the input gradient (_full_convolution): FFT from this band area up
 
 

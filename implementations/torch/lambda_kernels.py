@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lambda_bench.layout import relative_index
 
 # conv_transpose2d with k-to-u channels is slow on large maps, where the FFT wins; on small bands the
-# swapped convolution in _full_convolution is faster (tuned on CPU: lambda-bench peers --plans).
+# swapped convolution in _full_convolution is faster (measured on CPU).
 FULL_FFT_MIN_AREA = 40 * 40  # the input gradient (_full_convolution): FFT from this band area up
 
 

@@ -2,8 +2,9 @@
 
 How the position term is computed is chosen per shape (``algorithm``, ``memory``; see LambdaLayer),
 never changing the function: every choice matches the float64 reference within the project's
-tolerance. The three implementations (torch, TensorFlow, JAX) make the same choices with the same
-rules (plan_position, below, is shared in spirit: each file holds its own copy of the arithmetic).
+tolerance. The three implementations (torch, TensorFlow, JAX) make the same choices by the same rules
+(lambda_bench.plans). The kernels with their own backward pass live in lambda_kernels.py; dtype
+helpers shared with the other model files in _numerics.py.
 
 Weights start from lambda_bench.weights.init_lambda, not torch's initialisers, so that the PyTorch,
 TensorFlow and JAX layers hold the same numbers for the same seed.
