@@ -109,12 +109,26 @@ TRAIN = {
 }
 
 
+def contract_loss(backend, case: zoo.Case, seed: int) -> float:
+    """Models: mean cross-entropy against the synthetic labels; layers: 0.5 mean(y^2) of the output;
+    of the model built from ``seed`` in training mode on the synthetic batch, in float64 from its output."""
+    x, labels = steps.synthetic_batch(case, seed)
+    out = backend.forward(backend.build(case.spec, seed), x, train=True).astype(np.float64)
+    if not case.is_model:
+        return 0.5 * float(np.mean(out ** 2))
+    logits = out - out.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(case.batch), labels]))
+
+
 @pytest.mark.parametrize("framework, name, compile, n, seed", per_framework(TRAIN))
 def test_train_steps_lower_the_loss_and_update_every_weight(framework, name, compile, n, seed):
-    step = get_backend(framework).prepare(small(name), mode="train", compile=compile, seed=seed)
+    backend = get_backend(framework)
+    case = small(name)
+    step = backend.prepare(case, mode="train", compile=compile, seed=seed)
     assert step.traces == 0 and math.isnan(step.loss())  # nothing compiled or run yet
     before = step._weights()
     losses = run(step, n)
+    assert losses[0] == pytest.approx(contract_loss(backend, case, seed), rel=1e-5)  # the step's loss is the contract's
     assert all(math.isfinite(v) for v in losses), losses
     assert losses[-1] < 0.5 * losses[0], losses  # the same batch every step: SGD fits it
     after = step._weights()
@@ -123,25 +137,6 @@ def test_train_steps_lower_the_loss_and_update_every_weight(framework, name, com
     assert changed(params, after) == sorted(params)  # every parameter gets a gradient
     assert changed(buffers, after) == sorted(buffers)  # every running statistic moved
     assert step.traces == (0 if compile == "eager" else 1)  # n steps, one trace: no recompilation
-
-
-@pytest.mark.parametrize("framework", framework_params())
-@pytest.mark.parametrize("name", ["resnet26", "lambda_conv"])
-def test_the_first_train_loss_is_the_contract_loss(framework, name):
-    """Models: mean cross-entropy against the synthetic labels; layers: 0.5 mean(y^2) of the output.
-    The first step's loss is that of the freshly built model in training mode on the synthetic batch."""
-    backend = get_backend(framework)
-    case = small(name)
-    step = backend.prepare(case, mode="train", seed=1)
-    x, labels = steps.synthetic_batch(case, 1)
-    out = backend.forward(backend.build(case.spec, 1), x, train=True).astype(np.float64)
-    if case.is_model:
-        logits = out - out.max(axis=1, keepdims=True)
-        expected = float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(case.batch), labels]))
-    else:
-        expected = 0.5 * float(np.mean(out ** 2))
-    step.step()
-    assert step.loss() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("framework", framework_params())
