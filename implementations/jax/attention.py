@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax.lambda_layer import as_float, assign
+from implementations.jax._numerics import as_float, assign
 from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention

@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Literal
 
-from implementations.jax.lambda_layer import LambdaLayer, widen
+from implementations.jax._numerics import widen
+from implementations.jax.lambda_layer import LambdaLayer
 from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
@@ -183,11 +184,11 @@ class JaxStep:
     custom_jvp function (none in these models) would stay float32.
     """
 
-    def __init__(self, backend: "FrameworkBackend", case: Any, mode: str, precision: str, device: str, seed: int):
-        self.case, self.mode, self.precision = case, mode, precision
-        self.device = _step_device(device)
-        model = backend.build(case.spec, seed)
+    def __init__(self, model: nnx.Module, case: Any, *, mode: str, precision: str, compile: str, device: Any,
+                 seed: int):
+        self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, device
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self._graphdef = graphdef
         x, labels = steps.synthetic_batch(case, seed)
         self._traces = 0
 
@@ -245,6 +246,8 @@ class JaxStep:
             self._step = jax.jit(counted(infer))
         self._infer_fp32 = jax.jit(lambda params, rest, x: apply_fp32(params, rest, x, False)[0])
 
+    # --- the contract (lambda_bench.measure.steps.Step) ---------------------------------------------
+
     @property
     def traces(self) -> int:
         return self._traces
@@ -286,14 +289,17 @@ class JaxStep:
         flops = (analysis or {}).get("flops")
         return {"flops": None if flops is None else int(flops), "counter": "XLA cost analysis", "note": note}
 
-    # for tests: the state and the inference output now
     def _output(self) -> np.ndarray:
-        """The inference forward (at the step's precision) of the current state, float32 NumPy."""
-        return np.asarray(self._forward(self._params, self._rest, self._x))
+        """The latest infer step's output, float32 NumPy NHWC (for tests); in train mode, whose step
+        keeps no output, or before a step: the inference forward (at the step's precision) of the
+        current state."""
+        out = self._out if self._out is not None else self._forward(self._params, self._rest, self._x)
+        return np.asarray(out)
 
-    def _state(self) -> tuple[Any, Any]:
-        """(params, rest) as NumPy trees."""
-        return jax.tree.map(np.asarray, (self._params, self._rest))
+    def _weights(self) -> dict[str, np.ndarray]:
+        model = nnx.merge(self._graphdef, self._params, self._rest)
+        with _precision(model):
+            return model.export_canonical()
 
 
 class FrameworkBackend:
@@ -327,6 +333,14 @@ class FrameworkBackend:
         with jax.enable_x64(True):
             return widen(model, dtype)
 
+    def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
+                device: str = "cpu", seed: int = 0) -> JaxStep:
+        """A measured step of ``case`` (lambda_bench.measure.steps): built, split, put on the device."""
+        steps.check_options(self.name, mode, precision, compile, device)
+        where = _step_device(device)
+        model = self.build(case.spec, seed)
+        return JaxStep(model, case, mode=mode, precision=precision, compile=compile, device=where, seed=seed)
+
     def load_weights(self, model: nnx.Module, weights: Mapping[str, np.ndarray]) -> None:
         canonical.validate(model.spec, weights)
         with _precision(model):
@@ -359,12 +373,6 @@ class FrameworkBackend:
         grads.update({name: as_model.native_to_canonical(name, np.asarray(as_model.variable(name)[...]))
                       for name in canonical.shapes(model.spec) if not canonical.is_buffer(name)})
         return np.asarray(y), grads
-
-    def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
-                device: str = "cpu", seed: int = 0) -> JaxStep:
-        """A measured step of ``case`` (lambda_bench.measure.steps): built, split, put on the device."""
-        steps.check_options("jax", mode, precision, compile, device)
-        return JaxStep(self, case, mode, precision, device, seed)
 
     def device_info(self) -> dict[str, Any]:
         device = jax.devices()[0]

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax.lambda_layer import BatchNorm, as_float, assign
+from implementations.jax._numerics import as_float, assign
+from implementations.jax.lambda_layer import BatchNorm
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
 

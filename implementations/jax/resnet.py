@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax.lambda_layer import BatchNorm, LambdaLayer, as_float, assign
+from implementations.jax._numerics import as_float, assign
+from implementations.jax.lambda_layer import BatchNorm, LambdaLayer
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
 

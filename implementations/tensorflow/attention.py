@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from implementations.tensorflow.lambda_layer import as_float, assign
+from implementations.tensorflow._numerics import as_float, assign
 from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention

@@ -18,7 +18,8 @@ from lambda_bench import specs
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
-from implementations.tensorflow.lambda_layer import LambdaLayer, default_dtype
+from implementations.tensorflow._numerics import default_dtype
+from implementations.tensorflow.lambda_layer import LambdaLayer
 
 
 def model_class(spec: Any) -> type:
@@ -75,9 +76,10 @@ class TensorFlowStep:
     - precision: float32 only (prepare() raises steps.Unsupported for bf16: see there).
     """
 
-    def __init__(self, model: keras.layers.Layer, case: Any, *, mode: str, compile: str, device: str, seed: int):
+    def __init__(self, model: keras.layers.Layer, case: Any, *, mode: str, precision: str, compile: str,
+                 device: str, seed: int):
         self.model, self.case = model, case
-        self.mode, self.compile_mode = mode, compile
+        self.mode, self.precision, self.compile = mode, precision, compile
         self.device = device  # "/CPU:0" or "/GPU:0"
         self._gpu = device.startswith("/GPU")
         self._loss_value: tf.Tensor | None = None
@@ -101,32 +103,11 @@ class TensorFlowStep:
             self._fn = tf.function(python_step, jit_compile=(compile == "xla"), autograph=False)
             self._traced = self._fn
 
-    # --- the step functions -----------------------------------------------------------------------
+    # --- the contract (lambda_bench.measure.steps.Step) ---------------------------------------------
 
-    def _infer(self):
-        y = self.model(self._x, training=False)
-        return y, tf.reduce_sum(y)
-
-    def _loss(self, y):
-        if self._labels is not None:
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(self._labels, y))
-        return 0.5 * tf.reduce_mean(tf.square(y))
-
-    def _train(self):
-        with tf.GradientTape() as tape:
-            y = self.model(self._x, training=True)  # updates the running statistics
-            loss = self._loss(y)
-        grads = tape.gradient(loss, self._params)
-        updates = []
-        for param, buf, grad in zip(self._params, self._momentum, grads):
-            grad = tf.convert_to_tensor(grad)  # a gather's gradient is IndexedSlices
-            new_buf = buf.assign(steps.MOMENTUM * buf + grad)
-            updates.append(param.assign_sub(steps.LEARNING_RATE * new_buf))
-        with tf.control_dependencies(updates):
-            done = tf.identity(loss)
-        return y, done
-
-    # --- the contract -----------------------------------------------------------------------------
+    @property
+    def traces(self) -> int:
+        return 0 if self._traced is None else int(self._traced.experimental_get_tracing_count())
 
     def step(self) -> None:
         with tf.device(self.device):
@@ -135,10 +116,6 @@ class TensorFlowStep:
         self._output_value = y
         if self.mode == "train":
             self._loss_value = scalar
-
-    @property
-    def traces(self) -> int:
-        return 0 if self._traced is None else int(self._traced.experimental_get_tracing_count())
 
     def loss(self) -> float:
         if self.mode != "train" or self._loss_value is None:
@@ -172,10 +149,38 @@ class TensorFlowStep:
         return dict(self._flops)
 
     def _output(self) -> np.ndarray:
-        """The latest step's model output as NumPy (for tests)."""
+        """The latest step's forward output as NumPy, NHWC (for tests)."""
         if self._output_value is None:
             raise RuntimeError("no step has run yet")
         return self._output_value.numpy()
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        return self.model.export_canonical()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _infer(self):
+        y = self.model(self._x, training=False)
+        return y, tf.reduce_sum(y)
+
+    def _loss_of(self, y):
+        if self._labels is not None:
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(self._labels, y))
+        return 0.5 * tf.reduce_mean(tf.square(y))
+
+    def _train(self):
+        with tf.GradientTape() as tape:
+            y = self.model(self._x, training=True)  # updates the running statistics
+            loss = self._loss_of(y)
+        grads = tape.gradient(loss, self._params)
+        updates = []
+        for param, buf, grad in zip(self._params, self._momentum, grads):
+            grad = tf.convert_to_tensor(grad)  # a gather's gradient is IndexedSlices
+            new_buf = buf.assign(steps.MOMENTUM * buf + grad)
+            updates.append(param.assign_sub(steps.LEARNING_RATE * new_buf))
+        with tf.control_dependencies(updates):
+            done = tf.identity(loss)
+        return y, done
 
 
 class FrameworkBackend:
@@ -197,32 +202,6 @@ class FrameworkBackend:
             return model_class(spec)(spec, seed)
         with default_dtype(dtype):
             return model_class(spec)(spec, seed)
-
-    def load_weights(self, model: keras.layers.Layer, weights: Mapping[str, np.ndarray]) -> None:
-        canonical.validate(model.spec, weights)
-        model.load_canonical(weights)
-
-    def export_weights(self, model: keras.layers.Layer) -> dict[str, np.ndarray]:
-        return model.export_canonical()
-
-    def forward(self, model: keras.layers.Layer, x: np.ndarray, train: bool = False) -> np.ndarray:
-        return model(_input(model, x), training=train).numpy()
-
-    def forward_backward(
-        self, model: keras.layers.Layer, x: np.ndarray, cotangent: np.ndarray
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = _input(model, x)
-        params = {name: model.variable(name) for name in canonical.shapes(model.spec)
-                  if not canonical.is_buffer(name)}
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model(x, training=True)  # updates the running statistics
-            loss = tf.reduce_sum(y * tf.convert_to_tensor(np.asarray(cotangent, dtype=y.dtype.as_numpy_dtype)))
-        d_x, *d_params = tape.gradient(loss, [x, *params.values()])
-        grads = {"input": d_x.numpy()}
-        for name, grad in zip(params, d_params):
-            grads[name] = model.native_to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
-        return y.numpy(), grads
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
                 device: str = "cpu", seed: int = 0) -> TensorFlowStep:
@@ -249,7 +228,34 @@ class FrameworkBackend:
                 " the lambda convolution's backward (tf.signal.rfft2d) takes float32 only")
         with tf.device(where):
             model = self.build(case.spec, seed)
-            return TensorFlowStep(model, case, mode=mode, compile=compile, device=where, seed=seed)
+            return TensorFlowStep(model, case, mode=mode, precision=precision, compile=compile, device=where,
+                                  seed=seed)
+
+    def load_weights(self, model: keras.layers.Layer, weights: Mapping[str, np.ndarray]) -> None:
+        canonical.validate(model.spec, weights)
+        model.load_canonical(weights)
+
+    def export_weights(self, model: keras.layers.Layer) -> dict[str, np.ndarray]:
+        return model.export_canonical()
+
+    def forward(self, model: keras.layers.Layer, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return model(_input(model, x), training=train).numpy()
+
+    def forward_backward(
+        self, model: keras.layers.Layer, x: np.ndarray, cotangent: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = _input(model, x)
+        params = {name: model.variable(name) for name in canonical.shapes(model.spec)
+                  if not canonical.is_buffer(name)}
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)  # updates the running statistics
+            loss = tf.reduce_sum(y * tf.convert_to_tensor(np.asarray(cotangent, dtype=y.dtype.as_numpy_dtype)))
+        d_x, *d_params = tape.gradient(loss, [x, *params.values()])
+        grads = {"input": d_x.numpy()}
+        for name, grad in zip(params, d_params):
+            grads[name] = model.native_to_canonical(name, tf.convert_to_tensor(grad).numpy())  # gather: IndexedSlices
+        return y.numpy(), grads
 
     def device_info(self) -> dict[str, Any]:
         gpus = tf.config.list_physical_devices("GPU")

@@ -19,7 +19,8 @@ import tensorflow as tf
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
 
-from implementations.tensorflow.lambda_layer import BatchNorm, as_float, assign
+from implementations.tensorflow._numerics import as_float, assign
+from implementations.tensorflow.lambda_layer import BatchNorm
 
 
 def conv2d(x, kernel, stride: int = 1):

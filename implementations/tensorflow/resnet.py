@@ -22,7 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from implementations.tensorflow.lambda_layer import BatchNorm, LambdaLayer, as_float, assign
+from implementations.tensorflow._numerics import as_float, assign
+from implementations.tensorflow.lambda_layer import BatchNorm, LambdaLayer
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
 

@@ -16,9 +16,8 @@ from lambda_bench import specs
 from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
+from ._numerics import DTYPES, as_float
 from .lambda_layer import LambdaLayer
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_class(spec: Any) -> type:
@@ -45,7 +44,7 @@ FLOP_COUNTER_NOTE = ("counts matrix products and convolutions (mm, addmm, bmm, b
 
 
 class TorchStep:
-    """One measured step of a case (lambda_bench.measure.steps): the model, its batch (already on the
+    """One measured step of a case (lambda_bench.measure.steps.Step): the model, its batch (already on the
     device, NCHW) and, in train mode, its SGD-with-momentum optimizer. Made by FrameworkBackend.prepare.
 
     compile "compiled": torch.compile of the model (inductor); loss, backward and the optimizer step
@@ -55,10 +54,10 @@ class TorchStep:
     one model class can make some of them fall back to eager silently (traces then stays put).
     """
 
-    def __init__(self, module: nn.Module, case: Any, *, mode: str, precision: str, compile: str,
+    def __init__(self, model: nn.Module, case: Any, *, mode: str, precision: str, compile: str,
                  device: torch.device, seed: int):
         self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, device
-        self.module = module  # uncompiled: count_flops runs it, and it holds the parameters
+        self.model = model  # uncompiled: count_flops runs it, and it holds the parameters
         self._traces = 0
         if compile == "compiled":
             # dynamo caches compiled code per code object (ResNet.forward, ...) and falls back to eager,
@@ -66,54 +65,40 @@ class TorchStep:
             # family compiled in one process would run eager. Each compiled step starts clean; a step
             # prepared before this one recompiles on its next call (its traces count that).
             torch.compiler.reset()
-            self._forward = torch.compile(module, backend=self._counting_backend)
+            self._forward = torch.compile(model, backend=self._counting_backend)
         else:
-            self._forward = module
+            self._forward = model
         x, labels = steps.synthetic_batch(case, seed)
         # once, before any timing: step() copies nothing from the host
-        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).contiguous()
-        self.labels = None if labels is None else torch.from_numpy(labels).to(device=device, dtype=torch.long)
-        self.optimizer = None
+        self._x = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).contiguous()
+        self._labels = None if labels is None else torch.from_numpy(labels).to(device=device, dtype=torch.long)
+        self._optimizer = None
         if mode == "train":
-            module.train()
-            self.optimizer = torch.optim.SGD(module.parameters(), lr=steps.LEARNING_RATE, momentum=steps.MOMENTUM)
+            model.train()
+            self._optimizer = torch.optim.SGD(model.parameters(), lr=steps.LEARNING_RATE, momentum=steps.MOMENTUM)
         else:
-            module.eval()
+            model.eval()
         self._loss: torch.Tensor | None = None
         self._out: torch.Tensor | None = None
 
-    def _counting_backend(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
-        """Inductor, counting each graph dynamo hands it (a first compile, a recompilation, or a
-        graph after a graph break)."""
-        self._traces += 1
-        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+    # --- the contract (lambda_bench.measure.steps.Step) ---------------------------------------------
 
     @property
     def traces(self) -> int:
         return self._traces
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _loss_of(self, out: torch.Tensor) -> torch.Tensor:
-        if self.labels is not None:  # a model: logits (b, classes); cross-entropy in float32
-            return F.cross_entropy(out.float(), self.labels)
-        return 0.5 * out.float().square().mean()  # a layer: a synthetic regression loss
-
     def step(self) -> None:
         self._out = None  # the previous output is not kept alive into this step (its peak memory)
         if self.mode == "infer":
             with torch.inference_mode(), self._autocast():
-                self._out = self._forward(self.x)
+                self._out = self._forward(self._x)
         else:
-            self.optimizer.zero_grad(set_to_none=True)
+            self._optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                out = self._forward(self.x)
+                out = self._forward(self._x)
                 loss = self._loss_of(out)
             loss.backward()
-            self.optimizer.step()
+            self._optimizer.step()
             self._out, self._loss = out.detach(), loss.detach()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -123,12 +108,6 @@ class TorchStep:
         if self._loss is None:
             return math.nan
         return float(self._loss)
-
-    def _output(self) -> np.ndarray:
-        """The latest step's forward output as NumPy float32, as the model returned it (NCHW for a layer)."""
-        if self._out is None:
-            raise RuntimeError("no step has run yet")
-        return self._out.detach().float().cpu().numpy()
 
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
@@ -144,16 +123,44 @@ class TorchStep:
         The module's train/eval mode is restored afterwards, so the step does not recompile."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        training = self.module.training
-        self.module.eval()
+        training = self.model.training
+        self.model.eval()
         try:
             counter = FlopCounterMode(display=False)
             with torch.inference_mode(), counter:
-                self.module(self.x)
+                self.model(self._x)
         finally:
-            self.module.train(training)
+            self.model.train(training)
         return {"flops": int(counter.get_total_flops()), "counter": "torch FlopCounterMode",
                 "note": FLOP_COUNTER_NOTE}
+
+    def _output(self) -> np.ndarray:
+        """The latest step's forward output as NumPy float32, NHWC (for tests)."""
+        if self._out is None:
+            raise RuntimeError("no step has run yet")
+        return _from_native(self._out)
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        # copies: on CPU a model's export may be a view of the live parameters, which the next step changes
+        return {name: np.array(value) for name, value in self.model.export_canonical().items()}
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _counting_backend(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        """Inductor, counting each graph dynamo hands it (a first compile, a recompilation, or a
+        graph after a graph break)."""
+        self._traces += 1
+        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _loss_of(self, out: torch.Tensor) -> torch.Tensor:
+        if self._labels is not None:  # a model: logits (b, classes); cross-entropy in float32
+            return F.cross_entropy(out.float(), self._labels)
+        return 0.5 * out.float().square().mean()  # a layer: a synthetic regression loss
 
 
 class FrameworkBackend:
@@ -235,8 +242,9 @@ def _to_native(model: nn.Module, a: np.ndarray) -> torch.Tensor:
 
 
 def _from_native(t: torch.Tensor) -> np.ndarray:
+    """A tensor -> NumPy NHWC (or (b, classes)), float64 kept, anything else float32."""
     t = t.detach()
-    return (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).contiguous().cpu().numpy()
+    return as_float((t.permute(0, 2, 3, 1) if t.ndim == 4 else t).contiguous())
 
 
 BACKEND = FrameworkBackend()

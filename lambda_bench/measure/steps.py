@@ -9,23 +9,12 @@ A case is measured in one of two modes:
   layer has no classifier); its gradient reaches every parameter just the same.
 
 Inputs are synthetic (standard normal, NHWC float32, drawn in NumPy from the seed) so every
-framework sees the same numbers. Each backend's ``prepare()`` returns an object with:
-
-    step() -> None           one step; returns only once the device work is done (synchronised)
-    traces -> int            how many times the step function was traced / compiled so far
-                             (0 for eager); a change inside the timed loop is a recompilation
-    loss() -> float          the loss of the latest train step (NaN in infer mode); synchronises
-    reset_peak_memory()      reset the device allocator's peak (no-op on CPU)
-    peak_memory() -> (bytes | None, source)
-                             the device allocator's peak since the reset; (None, "") on CPU, where
-                             the worker measures the process's resident memory instead
-    count_flops() -> dict    {"flops": forward FLOPs of the batch by the framework's own counter
-                              (2 per multiply-add) or None, "counter": its name, "note": what it misses}
+framework sees the same numbers. Each backend's ``prepare()`` returns a ``Step`` (below).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,3 +48,46 @@ def synthetic_batch(case: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray | 
     if case.is_model:
         labels = rng.integers(0, case.spec.num_classes, size=case.batch).astype(np.int32)
     return x, labels
+
+
+@runtime_checkable
+class Step(Protocol):
+    """One measured step of a case, made by ``Backend.prepare``: the model, its synthetic batch (already
+    on the device) and, in train mode, its momentum buffers, all created before the first call. Every
+    implementation takes the constructor arguments below, in this order, and defines these methods in
+    this order (tests/test_protocols.py)."""
+
+    def __init__(self, model: Any, case: Any, *, mode: str, precision: str, compile: str, device: Any,
+                 seed: int) -> None:
+        """``model`` built by the backend for ``case.spec``; ``device`` where the step runs, as the
+        framework names it (prepare resolves "cpu" / "cuda" and raises Unsupported where it is missing)."""
+
+    @property
+    def traces(self) -> int:
+        """How many times the step function was traced / compiled so far (0 for eager); a change
+        inside the timed loop is a recompilation."""
+
+    def step(self) -> None:
+        """One step; returns only once the device work is done (synchronised)."""
+
+    def loss(self) -> float:
+        """The loss of the latest train step (NaN in infer mode or before the first step); synchronises."""
+
+    def reset_peak_memory(self) -> None:
+        """Reset the device allocator's peak (a no-op on CPU, and where the allocator cannot)."""
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        """(bytes, source): the device allocator's peak since the reset; (None, "") on CPU, where the
+        worker measures the process's resident memory instead."""
+
+    def count_flops(self) -> dict[str, Any]:
+        """{"flops": forward FLOPs of the batch by the framework's own counter (2 per multiply-add) or
+        None, "counter": its name, "note": what it misses}. Leaves the step's state and traces alone."""
+
+    def _output(self) -> np.ndarray:
+        """For tests: the model's output on the step's batch, float32 NumPy in the harness layout (NHWC,
+        or (batch, classes)); in infer mode the latest step's output. RuntimeError before any step where
+        the step keeps its output."""
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        """For tests: the canonical weights (parameters and running statistics) the step holds now."""

@@ -1,0 +1,27 @@
+"""Numbers at the PyTorch boundary, shared by every model file of this framework: the dtypes a model is
+built in, float64 kept where a float64 model (the anchor of lambda_bench.equivalence) holds it, and
+the float32 floor under autocast.
+
+Mirrors implementations/{tensorflow,jax}/_numerics.py (torch needs no layout-keeping helpers: its
+layouts are the canonical ones up to a reshape).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def as_float(a) -> np.ndarray:
+    """``a`` (a tensor) as a NumPy array, float64 kept (a float64 model's values and gradients),
+    anything else float32 (bfloat16 / float16 outputs of autocast included)."""
+    if a.dtype != torch.float64:
+        a = a.float()
+    return a.detach().cpu().numpy()
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast's output) -> fp32; fp32 and fp64 unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
