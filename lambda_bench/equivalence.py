@@ -91,6 +91,21 @@ ROUNDING_PROBES = 3
 # (2 at 64 px) the last stages' variances come from 8 numbers per channel, some near zero, and eval
 # mode then divides rounding noise by them (EfficientNet-B1: eval output error 2.4e-2).
 CALIBRATION_BATCH = 16
+# A running variance below this fraction of its layer's median is raised to it: a channel that is
+# (nearly) constant over the calibration batch (a dead ReLU) would otherwise divide the eval input's
+# rounding noise by sqrt(eps).
+VARIANCE_FLOOR = 1e-2
+# A lambda layer is quadratic in its input (queries times values), so in eval mode (fixed running
+# statistics) a block that sees its input s times larger than at calibration adds s**2 times more to
+# the residual stream: any difference between the checked input and the calibration batch grows
+# block after block. With random BatchNorm weights (gamma ~ 1) and the ccll placement,
+# LambdaResNet-101's stream grew from 56 (block 10 of c4) to 1e214 (block 20) and then NaN in every
+# framework; with the checked input's own statistics it stays finite but float32 rounding grows to
+# order 1. Trained ResNets keep each residual branch small against the stream (the last BatchNorm's
+# gamma near zero: Goyal et al. 2017, zero-init of the last BatchNorm); so does the check: the last
+# BatchNorm (bn3) of each block with a lambda mixer is scaled by LAMBDA_BRANCH_GAIN / (lambda blocks)
+# (at most 1), which keeps the growth bounded by about exp(2 * LAMBDA_BRANCH_GAIN) whatever the depth.
+LAMBDA_BRANCH_GAIN = 2.0
 
 # see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (issue 3's note):
 # EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
@@ -178,7 +193,8 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
     """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32.
 
     A model's running statistics are calibrated instead (see calibrate_running_stats): random ones
-    overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input.
+    overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input;
+    and its lambda blocks' residual branches are scaled down first (damp_lambda_branches).
     """
     w = canonical.randomize_state(canonical.init_weights(case.spec, seed), seed)
     rng = np.random.default_rng(seed + 1)
@@ -186,20 +202,85 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
     cotangent = rng.normal(size=case.output_shape).astype(np.float32)
     if case.is_model:
         calibration = (CALIBRATION_BATCH, *case.input_shape[1:])
-        w = calibrate_running_stats(case, w, rng.normal(size=calibration).astype(np.float32))
+        w = calibrate_running_stats(case, damp_lambda_branches(case.spec, w),
+                                    rng.normal(size=calibration).astype(np.float32))
     return w, x, cotangent
+
+
+def damp_lambda_branches(spec, w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``w`` with the last BatchNorm (bn3: gamma and beta) of every block whose mixer is a lambda
+    layer multiplied by min(1, LAMBDA_BRANCH_GAIN / number of such blocks): see LAMBDA_BRANCH_GAIN."""
+    blocks = [b for b in getattr(spec, "blocks", lambda: [])() if getattr(b, "mixer", "") in ("lambda", "lambda_conv")]
+    if not blocks:
+        return dict(w)
+    gain = min(1.0, LAMBDA_BRANCH_GAIN / len(blocks))
+    out = dict(w)
+    for b in blocks:
+        for name in (b.prefix + "bn3.weight", b.prefix + "bn3.bias"):
+            out[name] = (np.asarray(w[name], np.float64) * gain).astype(np.float32)
+    return out
 
 
 def calibrate_running_stats(case: Case, w: Mapping[str, np.ndarray], x_calibration: np.ndarray) -> dict[str, np.ndarray]:
     """Running statistics = the batch statistics of a separate calibration batch (one train-mode
-    step of the torch float64 model with BatchNorm momentum 1)."""
+    step of the torch float64 model with BatchNorm momentum 1), every variance raised to at least
+    VARIANCE_FLOOR times its layer's median."""
     backend = get_backend("torch")
     spec = dataclasses.replace(case.spec, bn_momentum=1.0)
     model = backend.build(spec, 0, dtype="float64")
     backend.load_weights(model, w)
     backend.forward(model, x_calibration, train=True)
     state = backend.export_weights(model)
-    return {**w, **{k: state[k].astype(np.float32) for k in w if canonical.is_buffer(k)}}
+    out = dict(w)
+    for name in w:
+        if canonical.is_buffer(name):
+            value = np.asarray(state[name], np.float64)
+            if name.endswith(".running_var"):
+                value = np.maximum(value, VARIANCE_FLOOR * float(np.median(value)))
+            out[name] = value.astype(np.float32)
+    return out
+
+
+def first_nonfinite_layer(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, *, train: bool = False) -> str | None:
+    """The first module (in execution order) of the torch float64 anchor whose output holds a NaN or
+    an Inf on input ``x``, or None when every output is finite: what a non-finite check names."""
+    import torch
+
+    backend = get_backend("torch")
+    model = backend.build(case.spec, 0, dtype="float64")
+    backend.load_weights(model, w)
+    found: list[str] = []
+
+    def hook(name):
+        def record(module, args, output):
+            if not found and isinstance(output, torch.Tensor) and not bool(torch.isfinite(output).all()):
+                found.append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with np.errstate(all="ignore"):
+            backend.forward(model, x, train=train)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+class NonFiniteError(RuntimeError):
+    """A checked tensor of the anchor is NaN or Inf: the check would compare nothing."""
+
+
+def check_finite(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+    """Raise NonFiniteError naming the tensors and the first layer where a NaN/Inf appears."""
+    bad = [t for t, v in values.items() if not np.all(np.isfinite(v))]
+    if not bad:
+        return
+    where = [f"{mode}: {layer}" for mode, train in (("eval", False), ("train", True))
+             if (layer := first_nonfinite_layer(case, w, x, train=train)) is not None]
+    raise NonFiniteError(f"{case.name}: the anchor's {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                         f"hold NaN/Inf; first layer with a non-finite output: "
+                         f"{'; '.join(where) or 'none in the forward (the backward or a running statistic)'}")
 
 
 def expected(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: np.ndarray) -> dict[str, np.ndarray]:
@@ -263,6 +344,8 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
     tolerance = tolerance_for(case, precision)
     w, x, cotangent = inputs(case, seed)
     ref = expected(case, w, x, cotangent)
+    if case.is_model:
+        check_finite(case, w, x, ref)
     w_frameworks = dict(w)
     if perturb is not None:
         if perturb not in w:
