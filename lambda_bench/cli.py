@@ -154,6 +154,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     status = "ok" if summary["ok"] else f"FAIL ({summary['failed']} of {summary['tensors']} tensors)"
                     if summary["rounding_limited"]:
                         status += f", {summary['rounding_limited']} rounding-limited"
+                    if summary["float32_agreeing"]:
+                        status += f", {summary['float32_agreeing']} float32-agreeing"
                     label = f"{fw:10s}" if i == 0 else " " * 10
                     print(f"  {label} {stage:7s} {status:38s} worst {summary['worst']:.2e} ({summary['worst_tensor']})")
                     for r in rows:
@@ -169,6 +171,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"rounding-limited: above the tolerance, within {equivalence.ROUNDING_FACTOR:g}x the distance the "
                   "anchor's tensor moves when its input and weights are perturbed by one rounding of that "
                   "format (rounding amplified by the network, not an implementation difference)")
+        if any(r.float32_agreeing for r in rows):
+            print("float32-agreeing: above the tolerance, but the framework passed the float64 stage and every "
+                  "float32 framework holds the same value within the tolerance (a discrete event, e.g. a ReLU "
+                  "flip, that float32 rounding causes identically in all of them)")
     return 0 if ok else 1
 
 
@@ -179,6 +185,7 @@ def _stage_summary(rows: list, case: str, framework: str, stage: str) -> dict:
     return {"case": case, "framework": framework, "stage": stage, "ok": all(r.ok for r in mine),
             "tensors": len(mine), "failed": sum(not r.ok for r in mine),
             "rounding_limited": sum(r.rounding_limited for r in mine),
+            "float32_agreeing": sum(r.float32_agreeing for r in mine),
             "worst": top.rel_error, "worst_tensor": top.tensor}
 
 
@@ -296,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "models). A model passes when every tensor passes in both stages: within the stage's "
                     "tolerance, or, for a gradient or running statistic, within 10x its measured sensitivity "
                     "to one rounding of the stage's format ('rounding-limited': float32 rounding amplified "
-                    "by an ill-conditioned network, not an implementation difference; lambda_bench/equivalence.py).")
+                    "by an ill-conditioned network, not an implementation difference), or, in float32, when the "
+                    "framework passed float64 and all float32 frameworks agree on the tensor within the tolerance "
+                    "('float32-agreeing'; lambda_bench/equivalence.py).")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"registered names (default: all of them): {', '.join(zoo.names())}")
     p.add_argument("--suite", action="store_true",
