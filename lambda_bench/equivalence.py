@@ -77,7 +77,7 @@ ROUNDING = {"float32": 2.0 ** -24, "float64": 2.0 ** -53}
 
 # A tensor (not the eval output) whose error is within ROUNDING_FACTOR times its measured sensitivity
 # is rounding-limited. A probe perturbs the input by one rounding and each weight by the rounding
-# error of the sums it enters (_jitter_torch_model); a framework's actual rounding differs in detail
+# error of the sums it enters (jittered); a framework's actual rounding differs in detail
 # (its summation order, fused operations), so its error is a few times the probe's movement, and a
 # discrete event (a ReLU, max-pool or BatchNorm flip) may be missed by one probe. Measured at 64 px,
 # batch 2, with the largest movement over ROUNDING_PROBES probes: error / sensitivity at most 4.2
@@ -321,37 +321,18 @@ def observed(framework: str, case: Case, w: Mapping[str, np.ndarray], x: np.ndar
              cotangent: np.ndarray, *, seed: int = 0, threads: int | None = None,
              dtype: str = "float32", jitter: tuple[float, int] | None = None) -> dict[str, np.ndarray]:
     """Every checked tensor of ``framework``'s model built in ``dtype`` (inputs are cast to it).
-    ``jitter`` (eps, seed), torch only: every weight multiplied by (1 + eps * u) after loading."""
+    ``jitter`` (eps, seed): the weights loaded are jittered(w, eps, seed), in float64."""
     backend = get_backend(framework)
     backend.configure(threads=threads)
     model = backend.build(case.spec, seed, dtype=dtype) if dtype != "float32" else backend.build(case.spec, seed)
-    backend.load_weights(model, w)
-    if jitter is not None:
-        if framework != "torch":
-            raise ValueError(f"jitter: torch only, not {framework}")
-        _jitter_torch_model(model, w, *jitter)
+    backend.load_weights(model, w if jitter is None else jittered(case.spec, w, *jitter))
     out = {"output (eval)": backend.forward(model, x, train=False)}
     y_train, grads = backend.forward_backward(model, x, cotangent)
     out["output (train)"] = y_train
     out.update({f"grad {name}": g for name, g in grads.items()})
-    state = backend.export_weights(model)
-    for name in state:
-        if canonical.is_buffer(name):
-            value = state[name]
-            if dtype == "float64" and value.dtype != np.float64:
-                # torch's export_canonical casts to float32: read the float64 buffer itself
-                value = _as_numpy(model.variable(name)).reshape(value.shape)
-            out[f"after step {name}"] = value
+    state = backend.export_weights(model)  # float64 in a float64 model, every framework alike
+    out.update({f"after step {name}": value for name, value in state.items() if canonical.is_buffer(name)})
     return out
-
-
-def _as_numpy(variable) -> np.ndarray:
-    """A model variable's value (a torch tensor, a Keras variable, an nnx variable) as NumPy."""
-    if hasattr(variable, "detach"):
-        variable = variable.detach().cpu()
-    elif hasattr(variable, "get_value"):
-        variable = variable.get_value()
-    return np.asarray(variable)
 
 
 def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads: int | None = None,
@@ -496,25 +477,22 @@ def rounding_limits(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cota
     return {t: ROUNDING_FACTOR * e for t, e in worst.items() if t != "output (eval)"}
 
 
-def _jitter_torch_model(model, names: Iterable[str], eps: float, seed: int) -> None:
-    """Multiply every canonical tensor of a torch float64 model by (1 + eps * sqrt(fan_in) * u) in
-    place, u uniform in [-1, 1] (torch's load_weights takes float32, which would round a float64
-    perturbation away). fan_in (the product of a weight's dims after the first: the length of the
-    sums it enters, e.g. 3*3*512 for a 3x3 conv of 512 channels; 1 for a vector) makes it the size
-    of the rounding error of that layer's sums, which grows as sqrt(length) * eps (the probabilistic
-    bound of Higham and Mary, SIAM J. Sci. Comput. 2019), not eps: with eps alone the float32 error of
-    ResNet-50's gradients was 50-100x the probe's movement."""
-    import torch
-
+def jittered(spec, w: Mapping[str, np.ndarray], eps: float, seed: int) -> dict[str, np.ndarray]:
+    """Every canonical tensor multiplied by (1 + eps * sqrt(fan_in) * u), u uniform in [-1, 1], in
+    float64 (a float64 model loads it unrounded). fan_in (the product of a weight's dims after the
+    first: the length of the sums it enters, e.g. 3*3*512 for a 3x3 conv of 512 channels; 1 for a
+    vector) makes it the size of the rounding error of that layer's sums, which grows as
+    sqrt(length) * eps (the probabilistic bound of Higham and Mary, SIAM J. Sci. Comput. 2019), not
+    eps: with eps alone the float32 error of ResNet-50's gradients was 50-100x the probe's movement."""
     rng = np.random.default_rng(seed)
-    shapes = canonical.shapes(model.spec)
-    with torch.no_grad():
-        for name in names:
-            t = model.variable(name)
-            shape = shapes[name]
-            scale = eps * float(np.prod(shape[1:])) ** 0.5 if len(shape) >= 2 else eps
-            u = torch.from_numpy(rng.uniform(-1.0, 1.0, tuple(t.shape))).to(device=t.device, dtype=t.dtype)
-            t.mul_(1.0 + scale * u)
+    shapes = canonical.shapes(spec)
+    out = {}
+    for name in shapes:
+        shape = shapes[name]
+        scale = eps * float(np.prod(shape[1:])) ** 0.5 if len(shape) >= 2 else eps
+        a = np.asarray(w[name], np.float64)
+        out[name] = a * (1.0 + scale * rng.uniform(-1.0, 1.0, a.shape))
+    return out
 
 
 def l2_relative_error(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:

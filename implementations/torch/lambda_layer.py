@@ -26,6 +26,22 @@ from lambda_bench.weights import init_lambda, lambda_shapes
 FFT_MIN_AREA = 40 * 40  # input gradient of the lambda convolution: FFT from this band area up (measured)
 
 
+def as_float(a) -> np.ndarray:
+    """``a`` (NumPy or a tensor) as a NumPy array, float64 kept (a float64 model's values and
+    gradients), anything else float32 (the canonical weights' dtype)."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
+
+
+def assign(target: torch.Tensor, value) -> None:
+    """Set a parameter or buffer from NumPy in the tensor's own dtype (float32 weights widen exactly in
+    a float64 model; float64 weights reach a float64 model unrounded)."""
+    array = np.asarray(value, dtype=torch.empty((), dtype=target.dtype).numpy().dtype)
+    target.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(target.shape))
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over every axis but axis 1, with exactly the canonical names (no num_batches_tracked,
     so the state dict is the canonical weight set). Train mode normalises with the biased batch
@@ -90,15 +106,15 @@ class LambdaLayer(nn.Module):
         the 1x1 conv kernels' trailing (1, 1)."""
         with torch.no_grad():
             for name in lambda_shapes(self.spec):
-                target = self.variable(name)
-                target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
+                assign(self.variable(name), weights[name])
 
     def export_canonical(self) -> dict[str, np.ndarray]:
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, self.variable(name)) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a: torch.Tensor) -> np.ndarray:
-        """A value (or gradient) of tensor ``name`` in the canonical layout."""
-        return a.detach().cpu().numpy().reshape(lambda_shapes(self.spec)[name]).copy()
+        """A value (or gradient) of tensor ``name`` in the canonical layout (its dtype kept)."""
+        return as_float(a).reshape(lambda_shapes(self.spec)[name]).copy()
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""
