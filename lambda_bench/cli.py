@@ -81,6 +81,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import counting
 
+    if args.paper:
+        return _print_paper_counts(counting.paper_comparison(), args.json)
     rows = []
     for name, spec in zoo.MODELS.items():
         rows.append({"name": name, "family": zoo.family(spec), "description": zoo.describe_model(spec),
@@ -95,6 +97,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:24s} {r['family']:16s} {r['image_size']:5d} {r['params']:12,d} "
               f"{r['flops'] / 1e9:8.2f}  {r['description']}")
     print("FLOPs: 2 per multiply-add, per image, at the listed image size (lambda_bench/counting.py)")
+    off = [r for r in counting.paper_comparison() if r["ours"] is not None and not r["within_rounding"]]
+    if off:
+        print("counts that differ from the paper's (explained term by term: lambda-bench models --paper):")
+        for r in off:
+            scale, unit = (1e6, "M params") if r["quantity"] == "params" else (1e9, " GFLOPs")
+            print(f"  {r['model']}: ours {r['ours'] / scale:.3f}{unit}, paper {r['paper'] / scale:.1f}{unit} "
+                  f"(Table {r['table']}, {r['label']})")
+    return 0
+
+
+def _print_paper_counts(rows: list[dict], as_json: bool) -> int:
+    """`lambda-bench models --paper`: lambda_bench.counting.paper_comparison as a table."""
+    if as_json:
+        print(json.dumps({"flops_convention": "2 per multiply-add, per image, products and convolutions only",
+                          "rows": rows}, indent=2))
+        return 0
+    print(f"{'table':8s} {'row':38s} {'model':30s} {'paper':>14s} {'ours':>14s} {'ours-paper':>12s}")
+    for r in rows:
+        if r["ours"] is None:
+            print(f"{r['table']:8s} {r['label'][:38]:38s} {'-':30s} {r['printed'] or '-':>14s} {'-':>14s} {'':>12s}")
+        else:
+            scale, unit = (1e6, "M") if r["quantity"] == "params" else (1e9, " GFLOPs")
+            mark = "" if r["within_rounding"] else "  *"
+            print(f"{r['table']:8s} {r['label'][:38]:38s} {r['model']:30s} {r['paper'] / scale:>12.1f}{unit[:2]:2s} "
+                  f"{r['ours'] / scale:>12.3f}{unit[:2]:2s} {r['difference'] / scale:>+10.3f}{unit[:2]:2s}{mark}")
+        print(f"         {r['explanation']}")
+    print("params in M, FLOPs in G (2 per multiply-add, per image, products and convolutions only); "
+          "* not within the paper's rounding (half a unit of its last printed digit)")
     return 0
 
 
@@ -291,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("models", help="registered models: family, image size, parameters, analytic FLOPs")
+    p.add_argument("--paper", action="store_true",
+                   help="every parameter and FLOP count the paper prints beside ours, with the difference explained")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_models)
 
