@@ -132,6 +132,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from . import equivalence
 
+    if args.all:
+        if args.names or args.suite or args.set or args.size or args.batch is not None or args.perturb or args.no_float64:
+            raise UsageError("--all checks every registered preset as registered: give no NAME, --suite, --set, "
+                             "--size, --batch, --perturb or --no-float64 with it")
+        return _check_all(args, equivalence)
+    if args.resume or args.budget_minutes is not None:
+        raise UsageError("--resume and --budget-minutes go with --all")
     overrides = parse_overrides(args.set or [])
     if args.size:
         try:
@@ -206,6 +213,50 @@ def _cmd_check(args: argparse.Namespace) -> int:
                   "float32 framework holds the same value within the tolerance (a discrete event, e.g. a ReLU "
                   "flip, that float32 rounding causes identically in all of them)")
     return 0 if ok else 1
+
+
+def _check_all(args: argparse.Namespace, equivalence) -> int:
+    """`check --all`: every preset in its own process, one JSON line each appended to the --resume
+    file (presets already there are skipped), a summary table; exit 0 only if every preset passed."""
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        raise UsageError(f"--budget-minutes {args.budget_minutes}: must be a positive number")
+    frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
+    path = args.resume or os.path.join("results", time.strftime("check-all-%Y%m%d-%H%M%S.jsonl"))
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: a directory; give the JSON-lines file")
+    records = equivalence.read_records(path)
+    cases = equivalence.all_cases()
+    todo = [c for c in cases if c.name not in records or set(frameworks) - set(records[c.name]["frameworks"])]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} already in {path}, "
+          f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
+    started = time.perf_counter()
+    stopped = 0
+    for i, case in enumerate(todo, 1):
+        if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
+            stopped = len(todo) - i + 1
+            break
+        record = equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads)
+        record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        records[case.name] = record
+        print(f"[{i}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s)"
+              + (f" {record['error']}" if record.get("error") else ""), flush=True)
+    ordered = {c.name: records[c.name] for c in cases if c.name in records}
+    print()
+    print(equivalence.summary_table(ordered, frameworks))
+    total = sum(r.get("seconds", 0) for r in ordered.values())
+    bad = [n for n, r in ordered.items() if not r["ok"]]
+    missing = [c.name for c in cases if c.name not in ordered]
+    print(f"\n{len(ordered)} of {len(cases)} presets checked ({total / 60:.0f} min of checking in all), "
+          f"{len(bad)} not passing{': ' + ', '.join(bad) if bad else ''}; results: {path}")
+    if left_out:
+        print(f"not installed, not checked: {', '.join(left_out)}")
+    if missing:
+        print(f"not checked yet ({'budget spent' if stopped else 'interrupted'}): {len(missing)} presets; "
+              f"continue with: lambda-bench check --all --resume {path}")
+    return 0 if not bad and not missing else 1
 
 
 def _stage_summary(rows: list, case: str, framework: str, stage: str) -> dict:
@@ -342,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"registered names (default: all of them): {', '.join(zoo.names())}")
     p.add_argument("--suite", action="store_true",
                    help="instead of NAMEs, the CI cases (lambda_bench.zoo.CHECK_SUITE): every option the layer has")
+    p.add_argument("--all", action="store_true",
+                   help="every registered layer preset and model (models at 64 px, batch 2), each in its own process, "
+                        "cheapest first; one JSON line per preset appended to --resume FILE; a summary table "
+                        "(preset x framework x stage); exit 0 only if every preset passed")
+    p.add_argument("--resume", metavar="FILE.jsonl",
+                   help="with --all: the JSON-lines file to append to; presets already in it are not checked again "
+                        "(default: a new results/check-all-<date>.jsonl)")
+    p.add_argument("--budget-minutes", type=float, metavar="M",
+                   help="with --all: start no preset after M minutes (continue later with --resume)")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: every installed one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec option (k, heads, u, r, position, content, conv_bias, stride, pool, "

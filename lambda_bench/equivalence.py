@@ -525,3 +525,123 @@ def resolve_frameworks(requested: str | None) -> tuple[list[str], list[str]]:
         if fw not in available:
             raise FrameworkUnavailable(f"framework={fw!r}: not installed; pip install 'lambda-bench[{fw}]'")
     return list(dict.fromkeys(chosen)), []
+
+
+# --- every registered preset (`lambda-bench check --all`) --------------------------------------------
+
+def all_cases() -> list[Case]:
+    """Every registered layer preset and model (models at zoo.CHECK_IMAGE_SIZE, batch 2: the smallest
+    input whose last stage still has 2x2 maps), cheapest first (analytic FLOPs of the checked input),
+    so an interrupted or budgeted run has covered the most presets."""
+    from . import counting, zoo
+
+    cases = [zoo.get(name) for name in zoo.names()] + [zoo.get(name) for name in zoo.MODELS]
+
+    def cost(case: Case) -> float:
+        if case.is_model:
+            return counting.flops(case.spec, case.height) * case.batch
+        return counting.flops(case.spec, case.height, case.width) * case.batch
+
+    return sorted(cases, key=cost)
+
+
+def read_records(path) -> dict[str, dict]:
+    """The JSON-lines file of a `check --all` run: preset -> its latest record. A last line cut short
+    by an interruption is removed from the file (that preset runs again); any other bad line is an
+    error."""
+    import json
+    import os
+
+    records: dict[str, dict] = {}
+    if not os.path.exists(path):
+        return records
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if all(not rest.strip() for rest in lines[number:]):
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write("".join(x + "\n" for x in lines[:number - 1] if x.strip()))
+                break
+            raise ValueError(f"--resume {path}: line {number} is not JSON") from None
+        if not isinstance(record, dict) or "preset" not in record or "status" not in record:
+            raise ValueError(f"--resume {path}: line {number} is not a `check --all` record")
+        records[record["preset"]] = record
+    return records
+
+
+def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: int | None = None,
+                               timeout_s: float | None = None) -> dict:
+    """One preset checked by `lambda-bench check NAME --json` in a fresh process (a crash or running out
+    of memory costs that preset only), reduced to a record: pass/fail/error, seconds, the summary
+    per framework and stage, and the tensors that failed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from . import zoo
+
+    command = [sys.executable, "-m", "lambda_bench", "check", case.name, "--json", "--frameworks", ",".join(frameworks)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    started = time.perf_counter()
+    record = {"preset": case.name, "family": zoo.family(case.spec), "input_shape": list(case.input_shape),
+              "frameworks": frameworks}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    except subprocess.TimeoutExpired:
+        return {**record, "status": "error", "ok": False, "seconds": time.perf_counter() - started,
+                "error": f"timed out after {timeout_s:.0f} s"}
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return {**record, "status": "error", "ok": False,
+                "error": f"exit {done.returncode}: {lines[-1] if lines else 'no output'}"}
+    failed = [{k: c[k] for k in ("framework", "stage", "tensor", "rel_error", "tolerance", "status")}
+              for c in result["checks"] if not c["ok"]]
+    statuses: dict[str, int] = {}
+    for c in result["checks"]:
+        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
+    return {**record, "status": "pass" if result["ok"] else "fail", "ok": bool(result["ok"]),
+            "summary": result["summary"], "statuses": statuses, "failed": failed[:20], "failed_count": len(failed)}
+
+
+def summary_table(records: Mapping[str, dict], frameworks: list[str]) -> str:
+    """preset x framework x stage: status and worst error; then the worst error per family and stage."""
+    stages = ("float32", "float64")
+    head = f"{'preset':34s} " + " ".join(f"{fw + ' ' + st[-2:]:>16s}" for fw in frameworks for st in stages) + "  seconds"
+    lines = [head]
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
+    for name, r in records.items():
+        cells = []
+        by_key = {(s["framework"], s["stage"]): s for s in r.get("summary", [])}
+        for fw in frameworks:
+            for st in stages:
+                s = by_key.get((fw, st))
+                if r["status"] == "error":
+                    cells.append(f"{'error':>16s}")
+                elif s is None:
+                    cells.append(f"{'-':>16s}")
+                else:
+                    mark = "ok" if s["ok"] else "FAIL"
+                    cells.append(f"{mark + ' ' + format(s['worst'], '.1e'):>16s}")
+                    key = (r["family"], st)
+                    if s["worst"] == s["worst"] and (key not in worst or s["worst"] > worst[key][0]):
+                        worst[key] = (s["worst"], f"{name} {fw} {s['worst_tensor']}")
+        lines.append(f"{name:34s} " + " ".join(cells) + f"  {r.get('seconds', 0):7.0f}")
+        if r["status"] == "error":
+            lines.append(f"    error: {r.get('error', '')}")
+    lines.append("")
+    lines.append("worst error per family and stage:")
+    for (family, st), (err, where) in sorted(worst.items()):
+        lines.append(f"  {family:20s} {st:8s} {err:.2e}  ({where})")
+    return "\n".join(lines)
