@@ -113,6 +113,7 @@ class TorchStep:
                 out = self._forward(self.x)
                 loss = self._loss_of(out)
             loss.backward()
+            clip_gradients(list(self.module.parameters()))
             self.optimizer.step()
             self._out, self._loss = out.detach(), loss.detach()
         if self.device.type == "cuda":
@@ -154,6 +155,17 @@ class TorchStep:
             self.module.train(training)
         return {"flops": int(counter.get_total_flops()), "counter": "torch FlopCounterMode",
                 "note": FLOP_COUNTER_NOTE}
+
+
+def clip_gradients(params: list) -> None:
+    """Every .grad times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM), in place."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    scale = steps.GRADIENT_CLIP_NORM / torch.clamp(norm, min=steps.GRADIENT_CLIP_NORM)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
 
 
 class FrameworkBackend:

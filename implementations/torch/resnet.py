@@ -215,7 +215,7 @@ class ResNet(nn.Module):
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of tensor ``name`` in the canonical layout."""
         shape = canonical_shapes(self.spec)[name]
-        return np.ascontiguousarray(as_float(a).reshape(shape))
+        return np.array(as_float(a).reshape(shape))  # a copy: never a view of a parameter that trains on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.spec.check_input(x.shape, "NCHW")
