@@ -26,6 +26,19 @@ def test_matches_reference(case, framework):
     assert not bad, f"{framework} differs from the reference on {case.describe()}: {bad}"
 
 
+@pytest.mark.parametrize("name", zoo.CHECK_SAMPLE)
+def test_sample_of_registered_models_passes(name):
+    """Registered models as `check --all` checks them, every installed framework together (the
+    float32-agreeing route compares them with each other)."""
+    frameworks = equivalence.installed_frameworks()
+    if "torch" not in frameworks:
+        pytest.skip("the anchor is torch float64: torch not installed")
+    rows = equivalence.check_case(zoo.get(name), frameworks)
+    assert {r.framework for r in rows} == set(frameworks) and {r.stage for r in rows} == {"float32", "float64"}
+    bad = [(r.framework, r.stage, r.tensor, f"{r.rel_error:.2e}") for r in rows if not r.ok]
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("framework", framework_params())
 def test_perturbed_weight_fails(framework):
     """The check can fail: a 1e-3 change of one weight in the framework's copy is caught."""
