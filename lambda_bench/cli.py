@@ -226,9 +226,11 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
         raise UsageError(f"--resume {path}: a directory; give the JSON-lines file")
     records = equivalence.read_records(path)
     cases = equivalence.all_cases()
-    todo = [c for c in cases if c.name not in records or set(frameworks) - set(records[c.name]["frameworks"])]
+    # a preset that ended in an error (killed, timed out) is checked again; a pass or a fail is kept
+    todo = [c for c in cases if c.name not in records or records[c.name]["status"] == "error"
+            or set(frameworks) - set(records[c.name]["frameworks"])]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} already in {path}, "
+    print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} done in {path}, "
           f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
     started = time.perf_counter()
     stopped = 0

@@ -603,7 +603,11 @@ def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: in
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        if done.returncode < 0:  # SIGKILL is what the kernel's out-of-memory killer sends
+            why = f"killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
+            return {**record, "status": "error", "ok": False, "error": why}
+        lines = [line for line in done.stderr.strip().splitlines()
+                 if line.strip() and not line.startswith(("W0000", "I0000", "E0000", "WARNING"))]
         return {**record, "status": "error", "ok": False,
                 "error": f"exit {done.returncode}: {lines[-1] if lines else 'no output'}"}
     failed = [{k: c[k] for k in ("framework", "stage", "tensor", "rel_error", "tolerance", "status")}

@@ -49,7 +49,7 @@ def test_check_all_resumes_and_fails_on_a_failed_preset(tmp_path, monkeypatch, c
     # resumed: nothing left to check, nothing appended
     assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
     assert len(path.read_text().splitlines()) == 1
-    assert "1 already in" in capsys.readouterr().out
+    assert "1 done in" in capsys.readouterr().out
     path.write_text(json.dumps(_record(case.name, ok=False)) + "\n")
     assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 1
 
@@ -71,3 +71,15 @@ def test_check_all_bad_input(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("lambda-bench: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_an_errored_preset_is_checked_again_on_resume(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    path.write_text(json.dumps({**_record("lambda"), "status": "error", "ok": False, "error": "killed by signal 9"}) + "\n")
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda")])
+    checked = []
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
+                        lambda case, frameworks, threads=None: (checked.append(case.name), _record(case.name))[1])
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
+    assert checked == ["lambda"]
+    assert equivalence.read_records(path)["lambda"]["status"] == "pass"
