@@ -84,6 +84,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import counting
 
+    if args.paper:
+        return _print_paper_counts(counting.paper_comparison(), args.json)
     rows = []
     for name, spec in zoo.MODELS.items():
         rows.append({"name": name, "family": zoo.family(spec), "description": zoo.describe_model(spec),
@@ -98,6 +100,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:24s} {r['family']:16s} {r['image_size']:5d} {r['params']:12,d} "
               f"{r['flops'] / 1e9:8.2f}  {r['description']}")
     print("FLOPs: 2 per multiply-add, per image, at the listed image size (lambda_bench/counting.py)")
+    off = [r for r in counting.paper_comparison() if r["ours"] is not None and not r["within_rounding"]]
+    if off:
+        print("counts that differ from the paper's (explained term by term: lambda-bench models --paper):")
+        for r in off:
+            scale, unit = (1e6, "M params") if r["quantity"] == "params" else (1e9, " GFLOPs")
+            print(f"  {r['model']}: ours {r['ours'] / scale:.3f}{unit}, paper {r['paper'] / scale:.1f}{unit} "
+                  f"(Table {r['table']}, {r['label']})")
+    return 0
+
+
+def _print_paper_counts(rows: list[dict], as_json: bool) -> int:
+    """`lambda-bench models --paper`: lambda_bench.counting.paper_comparison as a table."""
+    if as_json:
+        print(json.dumps({"flops_convention": "2 per multiply-add, per image, products and convolutions only",
+                          "rows": rows}, indent=2))
+        return 0
+    print(f"{'table':8s} {'row':38s} {'model':30s} {'paper':>14s} {'ours':>14s} {'ours-paper':>12s}")
+    for r in rows:
+        if r["ours"] is None:
+            print(f"{r['table']:8s} {r['label'][:38]:38s} {'-':30s} {r['printed'] or '-':>14s} {'-':>14s} {'':>12s}")
+        else:
+            scale, unit = (1e6, "M") if r["quantity"] == "params" else (1e9, " GFLOPs")
+            mark = "" if r["within_rounding"] else "  *"
+            print(f"{r['table']:8s} {r['label'][:38]:38s} {r['model']:30s} {r['paper'] / scale:>12.1f}{unit[:2]:2s} "
+                  f"{r['ours'] / scale:>12.3f}{unit[:2]:2s} {r['difference'] / scale:>+10.3f}{unit[:2]:2s}{mark}")
+        print(f"         {r['explanation']}")
+    print("params in M, FLOPs in G (2 per multiply-add, per image, products and convolutions only); "
+          "* not within the paper's rounding (half a unit of its last printed digit)")
     return 0
 
 
@@ -105,6 +135,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from . import equivalence
 
+    if args.all:
+        if args.names or args.suite or args.set or args.size or args.batch is not None or args.perturb or args.no_float64:
+            raise UsageError("--all checks every registered preset as registered: give no NAME, --suite, --set, "
+                             "--size, --batch, --perturb or --no-float64 with it")
+        return _check_all(args, equivalence)
+    if args.resume or args.budget_minutes is not None:
+        raise UsageError("--resume and --budget-minutes go with --all")
     overrides = parse_overrides(args.set or [])
     if args.size:
         try:
@@ -157,6 +194,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     status = "ok" if summary["ok"] else f"FAIL ({summary['failed']} of {summary['tensors']} tensors)"
                     if summary["rounding_limited"]:
                         status += f", {summary['rounding_limited']} rounding-limited"
+                    if summary["float32_agreeing"]:
+                        status += f", {summary['float32_agreeing']} float32-agreeing"
                     label = f"{fw:10s}" if i == 0 else " " * 10
                     print(f"  {label} {stage:7s} {status:38s} worst {summary['worst']:.2e} ({summary['worst_tensor']})")
                     for r in rows:
@@ -172,7 +211,57 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"rounding-limited: above the tolerance, within {equivalence.ROUNDING_FACTOR:g}x the distance the "
                   "anchor's tensor moves when its input and weights are perturbed by one rounding of that "
                   "format (rounding amplified by the network, not an implementation difference)")
+        if any(r.float32_agreeing for r in rows):
+            print("float32-agreeing: above the tolerance, but the framework passed the float64 stage and every "
+                  "float32 framework holds the same value within the tolerance (a discrete event, e.g. a ReLU "
+                  "flip, that float32 rounding causes identically in all of them)")
     return 0 if ok else 1
+
+
+def _check_all(args: argparse.Namespace, equivalence) -> int:
+    """`check --all`: every preset in its own process, one JSON line each appended to the --resume
+    file (presets already there are skipped), a summary table; exit 0 only if every preset passed."""
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        raise UsageError(f"--budget-minutes {args.budget_minutes}: must be a positive number")
+    frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
+    path = args.resume or os.path.join("results", time.strftime("check-all-%Y%m%d-%H%M%S.jsonl"))
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: a directory; give the JSON-lines file")
+    records = equivalence.read_records(path)
+    cases = equivalence.all_cases()
+    # a preset that ended in an error (killed, timed out) is checked again; a pass or a fail is kept
+    todo = [c for c in cases if c.name not in records or records[c.name]["status"] == "error"
+            or set(frameworks) - set(records[c.name]["frameworks"])]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} done in {path}, "
+          f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
+    started = time.perf_counter()
+    stopped = 0
+    for i, case in enumerate(todo, 1):
+        if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
+            stopped = len(todo) - i + 1
+            break
+        record = equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads)
+        record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        records[case.name] = record
+        print(f"[{i}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s)"
+              + (f" {record['error']}" if record.get("error") else ""), flush=True)
+    ordered = {c.name: records[c.name] for c in cases if c.name in records}
+    print()
+    print(equivalence.summary_table(ordered, frameworks))
+    total = sum(r.get("seconds", 0) for r in ordered.values())
+    bad = [n for n, r in ordered.items() if not r["ok"]]
+    missing = [c.name for c in cases if c.name not in ordered]
+    print(f"\n{len(ordered)} of {len(cases)} presets checked ({total / 60:.0f} min of checking in all), "
+          f"{len(bad)} not passing{': ' + ', '.join(bad) if bad else ''}; results: {path}")
+    if left_out:
+        print(f"not installed, not checked: {', '.join(left_out)}")
+    if missing:
+        print(f"not checked yet ({'budget spent' if stopped else 'interrupted'}): {len(missing)} presets; "
+              f"continue with: lambda-bench check --all --resume {path}")
+    return 0 if not bad and not missing else 1
 
 
 def _stage_summary(rows: list, case: str, framework: str, stage: str) -> dict:
@@ -182,6 +271,7 @@ def _stage_summary(rows: list, case: str, framework: str, stage: str) -> dict:
     return {"case": case, "framework": framework, "stage": stage, "ok": all(r.ok for r in mine),
             "tensors": len(mine), "failed": sum(not r.ok for r in mine),
             "rounding_limited": sum(r.rounding_limited for r in mine),
+            "float32_agreeing": sum(r.float32_agreeing for r in mine),
             "worst": top.rel_error, "worst_tensor": top.tensor}
 
 
@@ -358,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("models", help="registered models: family, image size, parameters, analytic FLOPs")
+    p.add_argument("--paper", action="store_true",
+                   help="every parameter and FLOP count the paper prints beside ours, with the difference explained")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_models)
 
@@ -370,11 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "models). A model passes when every tensor passes in both stages: within the stage's "
                     "tolerance, or, for a gradient or running statistic, within 10x its measured sensitivity "
                     "to one rounding of the stage's format ('rounding-limited': float32 rounding amplified "
-                    "by an ill-conditioned network, not an implementation difference; lambda_bench/equivalence.py).")
+                    "by an ill-conditioned network, not an implementation difference), or, in float32, when the "
+                    "framework passed float64 and all float32 frameworks agree on the tensor within the tolerance "
+                    "('float32-agreeing'; lambda_bench/equivalence.py).")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"registered names (default: all of them): {', '.join(zoo.names())}")
     p.add_argument("--suite", action="store_true",
                    help="instead of NAMEs, the CI cases (lambda_bench.zoo.CHECK_SUITE): every option the layer has")
+    p.add_argument("--all", action="store_true",
+                   help="every registered layer preset and model (models at 64 px, batch 2), each in its own process, "
+                        "cheapest first; one JSON line per preset appended to --resume FILE; a summary table "
+                        "(preset x framework x stage); exit 0 only if every preset passed")
+    p.add_argument("--resume", metavar="FILE.jsonl",
+                   help="with --all: the JSON-lines file to append to; presets already in it are not checked again "
+                        "(default: a new results/check-all-<date>.jsonl)")
+    p.add_argument("--budget-minutes", type=float, metavar="M",
+                   help="with --all: start no preset after M minutes (continue later with --resume)")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: every installed one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec option (k, heads, u, r, position, content, conv_bias, stride, pool, "

@@ -77,7 +77,7 @@ ROUNDING = {"float32": 2.0 ** -24, "float64": 2.0 ** -53}
 
 # A tensor (not the eval output) whose error is within ROUNDING_FACTOR times its measured sensitivity
 # is rounding-limited. A probe perturbs the input by one rounding and each weight by the rounding
-# error of the sums it enters (_jitter_torch_model); a framework's actual rounding differs in detail
+# error of the sums it enters (jittered); a framework's actual rounding differs in detail
 # (its summation order, fused operations), so its error is a few times the probe's movement, and a
 # discrete event (a ReLU, max-pool or BatchNorm flip) may be missed by one probe. Measured at 64 px,
 # batch 2, with the largest movement over ROUNDING_PROBES probes: error / sensitivity at most 4.2
@@ -91,6 +91,21 @@ ROUNDING_PROBES = 3
 # (2 at 64 px) the last stages' variances come from 8 numbers per channel, some near zero, and eval
 # mode then divides rounding noise by them (EfficientNet-B1: eval output error 2.4e-2).
 CALIBRATION_BATCH = 16
+# A running variance below this fraction of its layer's median is raised to it: a channel that is
+# (nearly) constant over the calibration batch (a dead ReLU) would otherwise divide the eval input's
+# rounding noise by sqrt(eps).
+VARIANCE_FLOOR = 1e-2
+# A lambda layer is quadratic in its input (queries times values), so in eval mode (fixed running
+# statistics) a block that sees its input s times larger than at calibration adds s**2 times more to
+# the residual stream: any difference between the checked input and the calibration batch grows
+# block after block. With random BatchNorm weights (gamma ~ 1) and the ccll placement,
+# LambdaResNet-101's stream grew from 56 (block 10 of c4) to 1e214 (block 20) and then NaN in every
+# framework; with the checked input's own statistics it stays finite but float32 rounding grows to
+# order 1. Trained ResNets keep each residual branch small against the stream (the last BatchNorm's
+# gamma near zero: Goyal et al. 2017, zero-init of the last BatchNorm); so does the check: the last
+# BatchNorm (bn3) of each block with a lambda mixer is scaled by LAMBDA_BRANCH_GAIN / (lambda blocks)
+# (at most 1), which keeps the growth bounded by about exp(2 * LAMBDA_BRANCH_GAIN) whatever the depth.
+LAMBDA_BRANCH_GAIN = 2.0
 
 # see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (issue 3's note):
 # EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
@@ -103,6 +118,17 @@ MODEL_TOLERANCE_FACTOR = 10.0
 # in float64 and +2.1e-5 in float32, moving layer4.1.bn3.bias's gradient by 9e-2 in all three
 # frameworks alike). Such tensors pass as rounding-limited (ROUNDING_FACTOR), and the float64 stage
 # checks them tightly; every parameter gradient together (L2 row) is checked the same way.
+
+# AGREEMENT_RULE, the second route for a float32 tensor of a model (the probes are the first): a
+# tensor above the tolerance and not rounding-limited passes as "float32-agreeing" when the framework's
+# float64 stage passed (every tensor: it computes the anchor's function) and every other checked
+# float32 framework holds that tensor within the tolerance of it (max difference on the anchor's
+# scale). A discrete event all of them hit identically (a ReLU or BatchNorm flip a rounding away from
+# the anchor's side) is rounding in the anchor's path, not an implementation difference; the three
+# rounding probes can miss it (ResNet-26 at 64 px: 27 gradient tensors off by the same amount in
+# torch, TensorFlow and JAX float32). It needs two or more frameworks and never applies to the eval
+# output, which must meet the tolerance.
+AGREEMENT_RULE = "float32-agreeing"
 
 # In a model, a gradient that is zero in exact arithmetic (the bias of a BatchNorm followed, through
 # a convolution, by a train-mode BatchNorm: each EfficientNet block's last one) comes out as rounding
@@ -126,6 +152,8 @@ class TensorCheck:
     tolerance: float
     stage: str = "float32"
     rounding_limit: float | None = None
+    agreement_error: float | None = None
+    float64_passed: bool | None = None
 
     @property
     def within_tolerance(self) -> bool:
@@ -137,12 +165,21 @@ class TensorCheck:
                 and bool(self.rel_error <= self.rounding_limit))
 
     @property
+    def float32_agreeing(self) -> bool:
+        """Above the tolerance and not rounding-limited, but the framework's float64 stage passed and
+        every other float32 framework holds the same tensor within the tolerance (AGREEMENT_RULE)."""
+        return (not self.within_tolerance and not self.rounding_limited and self.float64_passed is True
+                and self.agreement_error is not None and bool(self.agreement_error <= self.tolerance))
+
+    @property
     def ok(self) -> bool:
-        return self.within_tolerance or self.rounding_limited
+        return self.within_tolerance or self.rounding_limited or self.float32_agreeing
 
     @property
     def status(self) -> str:
-        return "ok" if self.within_tolerance else "rounding-limited" if self.rounding_limited else "FAIL"
+        if self.within_tolerance:
+            return "ok"
+        return "rounding-limited" if self.rounding_limited else "float32-agreeing" if self.float32_agreeing else "FAIL"
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok, "status": self.status}
@@ -178,7 +215,8 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
     """Canonical weights (with random BatchNorm state), an input and an output cotangent, float32.
 
     A model's running statistics are calibrated instead (see calibrate_running_stats): random ones
-    overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input.
+    overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input;
+    and its lambda blocks' residual branches are scaled down first (damp_lambda_branches).
     """
     w = canonical.randomize_state(canonical.init_weights(case.spec, seed), seed)
     rng = np.random.default_rng(seed + 1)
@@ -186,20 +224,85 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
     cotangent = rng.normal(size=case.output_shape).astype(np.float32)
     if case.is_model:
         calibration = (CALIBRATION_BATCH, *case.input_shape[1:])
-        w = calibrate_running_stats(case, w, rng.normal(size=calibration).astype(np.float32))
+        w = calibrate_running_stats(case, damp_lambda_branches(case.spec, w),
+                                    rng.normal(size=calibration).astype(np.float32))
     return w, x, cotangent
+
+
+def damp_lambda_branches(spec, w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``w`` with the last BatchNorm (bn3: gamma and beta) of every block whose mixer is a lambda
+    layer multiplied by min(1, LAMBDA_BRANCH_GAIN / number of such blocks): see LAMBDA_BRANCH_GAIN."""
+    blocks = [b for b in getattr(spec, "blocks", lambda: [])() if getattr(b, "mixer", "") in ("lambda", "lambda_conv")]
+    if not blocks:
+        return dict(w)
+    gain = min(1.0, LAMBDA_BRANCH_GAIN / len(blocks))
+    out = dict(w)
+    for b in blocks:
+        for name in (b.prefix + "bn3.weight", b.prefix + "bn3.bias"):
+            out[name] = (np.asarray(w[name], np.float64) * gain).astype(np.float32)
+    return out
 
 
 def calibrate_running_stats(case: Case, w: Mapping[str, np.ndarray], x_calibration: np.ndarray) -> dict[str, np.ndarray]:
     """Running statistics = the batch statistics of a separate calibration batch (one train-mode
-    step of the torch float64 model with BatchNorm momentum 1)."""
+    step of the torch float64 model with BatchNorm momentum 1), every variance raised to at least
+    VARIANCE_FLOOR times its layer's median."""
     backend = get_backend("torch")
     spec = dataclasses.replace(case.spec, bn_momentum=1.0)
     model = backend.build(spec, 0, dtype="float64")
     backend.load_weights(model, w)
     backend.forward(model, x_calibration, train=True)
     state = backend.export_weights(model)
-    return {**w, **{k: state[k].astype(np.float32) for k in w if canonical.is_buffer(k)}}
+    out = dict(w)
+    for name in w:
+        if canonical.is_buffer(name):
+            value = np.asarray(state[name], np.float64)
+            if name.endswith(".running_var"):
+                value = np.maximum(value, VARIANCE_FLOOR * float(np.median(value)))
+            out[name] = value.astype(np.float32)
+    return out
+
+
+def first_nonfinite_layer(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, *, train: bool = False) -> str | None:
+    """The first module (in execution order) of the torch float64 anchor whose output holds a NaN or
+    an Inf on input ``x``, or None when every output is finite: what a non-finite check names."""
+    import torch
+
+    backend = get_backend("torch")
+    model = backend.build(case.spec, 0, dtype="float64")
+    backend.load_weights(model, w)
+    found: list[str] = []
+
+    def hook(name):
+        def record(module, args, output):
+            if not found and isinstance(output, torch.Tensor) and not bool(torch.isfinite(output).all()):
+                found.append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with np.errstate(all="ignore"):
+            backend.forward(model, x, train=train)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+class NonFiniteError(RuntimeError):
+    """A checked tensor of the anchor is NaN or Inf: the check would compare nothing."""
+
+
+def check_finite(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+    """Raise NonFiniteError naming the tensors and the first layer where a NaN/Inf appears."""
+    bad = [t for t, v in values.items() if not np.all(np.isfinite(v))]
+    if not bad:
+        return
+    where = [f"{mode}: {layer}" for mode, train in (("eval", False), ("train", True))
+             if (layer := first_nonfinite_layer(case, w, x, train=train)) is not None]
+    raise NonFiniteError(f"{case.name}: the anchor's {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                         f"hold NaN/Inf; first layer with a non-finite output: "
+                         f"{'; '.join(where) or 'none in the forward (the backward or a running statistic)'}")
 
 
 def expected(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cotangent: np.ndarray) -> dict[str, np.ndarray]:
@@ -218,37 +321,18 @@ def observed(framework: str, case: Case, w: Mapping[str, np.ndarray], x: np.ndar
              cotangent: np.ndarray, *, seed: int = 0, threads: int | None = None,
              dtype: str = "float32", jitter: tuple[float, int] | None = None) -> dict[str, np.ndarray]:
     """Every checked tensor of ``framework``'s model built in ``dtype`` (inputs are cast to it).
-    ``jitter`` (eps, seed), torch only: every weight multiplied by (1 + eps * u) after loading."""
+    ``jitter`` (eps, seed): the weights loaded are jittered(w, eps, seed), in float64."""
     backend = get_backend(framework)
     backend.configure(threads=threads)
     model = backend.build(case.spec, seed, dtype=dtype) if dtype != "float32" else backend.build(case.spec, seed)
-    backend.load_weights(model, w)
-    if jitter is not None:
-        if framework != "torch":
-            raise ValueError(f"jitter: torch only, not {framework}")
-        _jitter_torch_model(model, w, *jitter)
+    backend.load_weights(model, w if jitter is None else jittered(case.spec, w, *jitter))
     out = {"output (eval)": backend.forward(model, x, train=False)}
     y_train, grads = backend.forward_backward(model, x, cotangent)
     out["output (train)"] = y_train
     out.update({f"grad {name}": g for name, g in grads.items()})
-    state = backend.export_weights(model)
-    for name in state:
-        if canonical.is_buffer(name):
-            value = state[name]
-            if dtype == "float64" and value.dtype != np.float64:
-                # torch's export_canonical casts to float32: read the float64 buffer itself
-                value = _as_numpy(model.variable(name)).reshape(value.shape)
-            out[f"after step {name}"] = value
+    state = backend.export_weights(model)  # float64 in a float64 model, every framework alike
+    out.update({f"after step {name}": value for name, value in state.items() if canonical.is_buffer(name)})
     return out
-
-
-def _as_numpy(variable) -> np.ndarray:
-    """A model variable's value (a torch tensor, a Keras variable, an nnx variable) as NumPy."""
-    if hasattr(variable, "detach"):
-        variable = variable.detach().cpu()
-    elif hasattr(variable, "get_value"):
-        variable = variable.get_value()
-    return np.asarray(variable)
 
 
 def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads: int | None = None,
@@ -263,6 +347,8 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
     tolerance = tolerance_for(case, precision)
     w, x, cotangent = inputs(case, seed)
     ref = expected(case, w, x, cotangent)
+    if case.is_model:
+        check_finite(case, w, x, ref)
     w_frameworks = dict(w)
     if perturb is not None:
         if perturb not in w:
@@ -279,10 +365,12 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
     if float64:
         stages.append(("float64", tolerance_for(case, "float64")))
     rows = []
+    observations: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for stage, stage_tolerance in stages:
-        errors = {fw: model_errors(_observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed,
-                                                     threads=threads, dtype="float64" if stage == "float64" else "float32"),
-                                   ref) for fw in frameworks}
+        observations[stage] = {fw: _observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed, threads=threads,
+                                                     dtype="float64" if stage == "float64" else "float32")
+                               for fw in frameworks}
+        errors = {fw: model_errors(got, ref) for fw, got in observations[stage].items()}
         # the probes cost ROUNDING_PROBES anchor runs: only made when some tensor needs them
         needed = stage in ROUNDING and any(e > stage_tolerance for fw_errors in errors.values()
                                            for t, e in fw_errors.items() if t != "output (eval)")
@@ -290,7 +378,61 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
         for fw in frameworks:
             rows.extend(TensorCheck(case.name, fw, t, e, stage_tolerance, stage, limits.get(t))
                         for t, e in errors[fw].items())
+    if float64 and precision == "float32":
+        rows = apply_agreement_rule(rows, observations["float32"], ref)
     return rows
+
+
+def agreement_errors(observations: Mapping[str, Mapping[str, np.ndarray]], ref: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """framework -> tensor -> the largest distance to any other framework's value of that tensor
+    (model_errors' metric, on the anchor's scale); empty with fewer than two frameworks."""
+    frameworks = list(observations)
+    if len(frameworks) < 2:
+        return {}
+    floor = parameter_gradient_scale(ref)
+    grads = [t for t in ref if t.startswith("grad ") and t != "grad input"]
+    out: dict[str, dict[str, float]] = {fw: {} for fw in frameworks}
+    for i, a in enumerate(frameworks):
+        for b in frameworks[i + 1:]:
+            pair = {t: _distance(observations[a][t], observations[b][t], ref[t], floor if t.startswith("grad ") else 0.0)
+                    for t in ref}
+            norm = _l2([ref[t] for t in grads])
+            gap = _l2([np.asarray(observations[a][t], np.float64) - observations[b][t] for t in grads])
+            pair[L2_ROW] = gap / norm if norm > 0 else gap
+            for fw in (a, b):
+                for t, e in pair.items():
+                    out[fw][t] = max(out[fw].get(t, 0.0), e)
+    return out
+
+
+def _distance(a: np.ndarray, b: np.ndarray, ref: np.ndarray, floor: float) -> float:
+    """max|a - b| on the scale of the reference (relative_error's scale)."""
+    diff = float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(ref) else 0.0
+    scale = max(float(np.max(np.abs(ref))) if np.size(ref) else 0.0, floor)
+    return diff / scale if scale > 0 else diff
+
+
+def _l2(arrays: list[np.ndarray]) -> float:
+    return sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in arrays) ** 0.5
+
+
+def apply_agreement_rule(rows: list[TensorCheck], float32_observations: Mapping[str, Mapping[str, np.ndarray]],
+                         ref: Mapping[str, np.ndarray]) -> list[TensorCheck]:
+    """The float32 rows with AGREEMENT_RULE's inputs filled in: whether the framework's float64 stage
+    passed, and the tensor's largest distance to the other float32 frameworks (not for the eval
+    output)."""
+    passed64 = {}
+    for r in rows:
+        if r.stage == "float64":
+            passed64[r.framework] = passed64.get(r.framework, True) and r.ok
+    agree = agreement_errors(float32_observations, ref)
+    out = []
+    for r in rows:
+        if r.stage == "float32" and r.framework in passed64:
+            distance = None if r.tensor == "output (eval)" else agree.get(r.framework, {}).get(r.tensor)
+            r = dataclasses.replace(r, agreement_error=distance, float64_passed=passed64[r.framework])
+        out.append(r)
+    return out
 
 
 def _observed_checked(fw: str, case: Case, w, x, cotangent, ref, **kwargs) -> dict[str, np.ndarray]:
@@ -335,25 +477,22 @@ def rounding_limits(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, cota
     return {t: ROUNDING_FACTOR * e for t, e in worst.items() if t != "output (eval)"}
 
 
-def _jitter_torch_model(model, names: Iterable[str], eps: float, seed: int) -> None:
-    """Multiply every canonical tensor of a torch float64 model by (1 + eps * sqrt(fan_in) * u) in
-    place, u uniform in [-1, 1] (torch's load_weights takes float32, which would round a float64
-    perturbation away). fan_in (the product of a weight's dims after the first: the length of the
-    sums it enters, e.g. 3*3*512 for a 3x3 conv of 512 channels; 1 for a vector) makes it the size
-    of the rounding error of that layer's sums, which grows as sqrt(length) * eps (the probabilistic
-    bound of Higham and Mary, SIAM J. Sci. Comput. 2019), not eps: with eps alone the float32 error of
-    ResNet-50's gradients was 50-100x the probe's movement."""
-    import torch
-
+def jittered(spec, w: Mapping[str, np.ndarray], eps: float, seed: int) -> dict[str, np.ndarray]:
+    """Every canonical tensor multiplied by (1 + eps * sqrt(fan_in) * u), u uniform in [-1, 1], in
+    float64 (a float64 model loads it unrounded). fan_in (the product of a weight's dims after the
+    first: the length of the sums it enters, e.g. 3*3*512 for a 3x3 conv of 512 channels; 1 for a
+    vector) makes it the size of the rounding error of that layer's sums, which grows as
+    sqrt(length) * eps (the probabilistic bound of Higham and Mary, SIAM J. Sci. Comput. 2019), not
+    eps: with eps alone the float32 error of ResNet-50's gradients was 50-100x the probe's movement."""
     rng = np.random.default_rng(seed)
-    shapes = canonical.shapes(model.spec)
-    with torch.no_grad():
-        for name in names:
-            t = model.variable(name)
-            shape = shapes[name]
-            scale = eps * float(np.prod(shape[1:])) ** 0.5 if len(shape) >= 2 else eps
-            u = torch.from_numpy(rng.uniform(-1.0, 1.0, tuple(t.shape))).to(device=t.device, dtype=t.dtype)
-            t.mul_(1.0 + scale * u)
+    shapes = canonical.shapes(spec)
+    out = {}
+    for name in shapes:
+        shape = shapes[name]
+        scale = eps * float(np.prod(shape[1:])) ** 0.5 if len(shape) >= 2 else eps
+        a = np.asarray(w[name], np.float64)
+        out[name] = a * (1.0 + scale * rng.uniform(-1.0, 1.0, a.shape))
+    return out
 
 
 def l2_relative_error(ours: list[np.ndarray], ref: list[np.ndarray]) -> float:
@@ -386,3 +525,127 @@ def resolve_frameworks(requested: str | None) -> tuple[list[str], list[str]]:
         if fw not in available:
             raise FrameworkUnavailable(f"framework={fw!r}: not installed; pip install 'lambda-bench[{fw}]'")
     return list(dict.fromkeys(chosen)), []
+
+
+# --- every registered preset (`lambda-bench check --all`) --------------------------------------------
+
+def all_cases() -> list[Case]:
+    """Every registered layer preset and model (models at zoo.CHECK_IMAGE_SIZE, batch 2: the smallest
+    input whose last stage still has 2x2 maps), cheapest first (analytic FLOPs of the checked input),
+    so an interrupted or budgeted run has covered the most presets."""
+    from . import counting, zoo
+
+    cases = [zoo.get(name) for name in zoo.names()] + [zoo.get(name) for name in zoo.MODELS]
+
+    def cost(case: Case) -> float:
+        if case.is_model:
+            return counting.flops(case.spec, case.height) * case.batch
+        return counting.flops(case.spec, case.height, case.width) * case.batch
+
+    return sorted(cases, key=cost)
+
+
+def read_records(path) -> dict[str, dict]:
+    """The JSON-lines file of a `check --all` run: preset -> its latest record. A last line cut short
+    by an interruption is removed from the file (that preset runs again); any other bad line is an
+    error."""
+    import json
+    import os
+
+    records: dict[str, dict] = {}
+    if not os.path.exists(path):
+        return records
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if all(not rest.strip() for rest in lines[number:]):
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write("".join(x + "\n" for x in lines[:number - 1] if x.strip()))
+                break
+            raise ValueError(f"--resume {path}: line {number} is not JSON") from None
+        if not isinstance(record, dict) or "preset" not in record or "status" not in record:
+            raise ValueError(f"--resume {path}: line {number} is not a `check --all` record")
+        records[record["preset"]] = record
+    return records
+
+
+def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: int | None = None,
+                               timeout_s: float | None = None) -> dict:
+    """One preset checked by `lambda-bench check NAME --json` in a fresh process (a crash or running out
+    of memory costs that preset only), reduced to a record: pass/fail/error, seconds, the summary
+    per framework and stage, and the tensors that failed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from . import zoo
+
+    command = [sys.executable, "-m", "lambda_bench", "check", case.name, "--json", "--frameworks", ",".join(frameworks)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    started = time.perf_counter()
+    record = {"preset": case.name, "family": zoo.family(case.spec), "input_shape": list(case.input_shape),
+              "frameworks": frameworks}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    except subprocess.TimeoutExpired:
+        return {**record, "status": "error", "ok": False, "seconds": time.perf_counter() - started,
+                "error": f"timed out after {timeout_s:.0f} s"}
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        if done.returncode < 0:  # SIGKILL is what the kernel's out-of-memory killer sends
+            why = f"killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
+            return {**record, "status": "error", "ok": False, "error": why}
+        lines = [line for line in done.stderr.strip().splitlines()
+                 if line.strip() and not line.startswith(("W0000", "I0000", "E0000", "WARNING"))]
+        return {**record, "status": "error", "ok": False,
+                "error": f"exit {done.returncode}: {lines[-1] if lines else 'no output'}"}
+    failed = [{k: c[k] for k in ("framework", "stage", "tensor", "rel_error", "tolerance", "status")}
+              for c in result["checks"] if not c["ok"]]
+    statuses: dict[str, int] = {}
+    for c in result["checks"]:
+        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
+    return {**record, "status": "pass" if result["ok"] else "fail", "ok": bool(result["ok"]),
+            "summary": result["summary"], "statuses": statuses, "failed": failed[:20], "failed_count": len(failed)}
+
+
+def summary_table(records: Mapping[str, dict], frameworks: list[str]) -> str:
+    """preset x framework x stage: status and worst error; then the worst error per family and stage."""
+    stages = ("float32", "float64")
+    head = f"{'preset':34s} " + " ".join(f"{fw + ' ' + st[-2:]:>16s}" for fw in frameworks for st in stages) + "  seconds"
+    lines = [head]
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
+    for name, r in records.items():
+        cells = []
+        by_key = {(s["framework"], s["stage"]): s for s in r.get("summary", [])}
+        for fw in frameworks:
+            for st in stages:
+                s = by_key.get((fw, st))
+                if r["status"] == "error":
+                    cells.append(f"{'error':>16s}")
+                elif s is None:
+                    cells.append(f"{'-':>16s}")
+                else:
+                    mark = "ok" if s["ok"] else "FAIL"
+                    cells.append(f"{mark + ' ' + format(s['worst'], '.1e'):>16s}")
+                    key = (r["family"], st)
+                    if s["worst"] == s["worst"] and (key not in worst or s["worst"] > worst[key][0]):
+                        worst[key] = (s["worst"], f"{name} {fw} {s['worst_tensor']}")
+        lines.append(f"{name:34s} " + " ".join(cells) + f"  {r.get('seconds', 0):7.0f}")
+        if r["status"] == "error":
+            lines.append(f"    error: {r.get('error', '')}")
+    lines.append("")
+    lines.append("worst error per family and stage:")
+    for (family, st), (err, where) in sorted(worst.items()):
+        lines.append(f"  {family:20s} {st:8s} {err:.2e}  ({where})")
+    return "\n".join(lines)

@@ -239,6 +239,7 @@ class AttentionSpec:
 
 # --- ResNets with a mixer per stage ------------------------------------------------------------
 
+LAMBDA_TERMS = ("both", "content", "position")
 MIXERS = ("conv", "lambda", "lambda_conv", "mhsa", "sasa", "axial")
 RESNET_DEPTHS = {
     26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
@@ -272,7 +273,9 @@ class ResNetSpec:
     before the residual add, on the block's d_out channels, reduced to ``se_ratio`` * d_out; 0.25 is
     ResNet-RS (timm's resnetrs), 1/16 timm's seresnet) and ``stem="deep"`` (ResNet-D as timm's
     resnet50d: three 3x3 stem convs and average-pool shortcuts); both off unless a preset says
-    otherwise: the paper does not say LambdaResNets use them.
+    otherwise: the paper does not say LambdaResNets use them. ``lambda_terms`` keeps both lambdas
+    ("both"), the content lambda only ("content": no position embeddings) or the position lambdas
+    only ("position": no keys) in every lambda mixer: the paper's Table 10 ablation.
     """
 
     depth: int
@@ -284,6 +287,7 @@ class ResNetSpec:
     lambda_heads: int = 4
     lambda_u: int = 1
     lambda_r: int = 23
+    lambda_terms: str = "both"
     attention_heads: int = 4
     sasa_window: int = 7
     se: bool = False
@@ -306,6 +310,8 @@ class ResNetSpec:
             _positive_int(name, getattr(self, name))
         if self.stem not in ("default", "deep"):
             raise ValueError(f"stem={self.stem!r}: must be 'default' or 'deep' (ResNet-D)")
+        if self.lambda_terms not in LAMBDA_TERMS:
+            raise ValueError(f"lambda_terms={self.lambda_terms!r}: must be one of {', '.join(LAMBDA_TERMS)}")
         if not 0 < self.se_ratio <= 1:
             raise ValueError(f"se_ratio={self.se_ratio!r}: must be in (0, 1]")
         self.blocks()  # builds every mixer spec: invalid mixer options fail here
@@ -345,8 +351,10 @@ class ResNetSpec:
         if mixer == "conv":
             return None
         if mixer in ("lambda", "lambda_conv"):
+            position = "global" if mixer == "lambda" else "conv"
             return LambdaSpec(d_in=channels, d_out=channels, k=self.lambda_k, heads=self.lambda_heads,
-                              u=self.lambda_u, position="global" if mixer == "lambda" else "conv",
+                              u=self.lambda_u, position="none" if self.lambda_terms == "content" else position,
+                              content=self.lambda_terms != "position",
                               size=size if mixer == "lambda" else None, r=self.lambda_r,
                               stride=stride, pool=3, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum)
         return AttentionSpec(kind=mixer, d_in=channels, d_out=channels, heads=self.attention_heads,

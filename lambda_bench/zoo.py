@@ -94,6 +94,11 @@ def _models() -> dict[str, Any]:
     models["lambda_resnet26"] = ResNetSpec(26, mixers=("lambda_conv",) * 4)
     models["lambda_resnet50"] = ResNetSpec(50, mixers=("lambda_conv",) * 4)  # Table 3: r 23, k 16, h 4, u 1
     models["lambda_resnet50_u4"] = ResNetSpec(50, mixers=("lambda_conv",) * 4, lambda_u=4)
+    # Table 10: content-only and position-only interactions (both: lambda_resnet50); the |k| = 8 row
+    # of the |k|/|h|/|u| ablation
+    for terms in ("content", "position"):
+        models[f"lambda_resnet50_{terms}_only"] = ResNetSpec(50, mixers=("lambda_conv",) * 4, lambda_terms=terms)
+    models["lambda_resnet50_k8"] = ResNetSpec(50, mixers=("lambda_conv",) * 4, lambda_k=8)
     for p in TABLE12_PLACEMENTS:
         models[f"lambda_resnet50_{p}"] = ResNetSpec(50, mixers=placement(p))
     for depth, size in LAMBDA_RESNET_SIZES.items():
@@ -128,7 +133,11 @@ def describe_model(s: Any) -> str:
         return f"EfficientNet-B{s.variant}"
     letters = "".join("c" if m == "conv" else "L" for m in s.mixers)
     mixers = "/".join(dict.fromkeys(m for m in s.mixers if m != "conv")) or "conv"
-    extras = [x for x, on in (("SE", s.se), ("ResNet-D stem", s.stem == "deep")) if on]
+    lambdas = any(m in ("lambda", "lambda_conv") for m in s.mixers)
+    extras = [x for x, on in (("SE", s.se), ("ResNet-D stem", s.stem == "deep"),
+                              (f"{s.lambda_terms} lambda only", lambdas and s.lambda_terms != "both"),
+                              (f"|k|={s.lambda_k}", lambdas and s.lambda_k != 16),
+                              (f"|u|={s.lambda_u}", lambdas and s.lambda_u != 1)) if on]
     return f"ResNet-{s.depth} {mixers} [{letters}]" + "".join(f", {x}" for x in extras)
 
 
@@ -154,6 +163,12 @@ CHECK_SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet26_global_lambda_se_deep_stem": ("resnet26", dict(mixers=("conv", "lambda", "conv", "conv"), se=True, stem="deep")),
     "efficientnet_b0": ("efficientnet_b0", {}),
 }
+
+
+# The registered models CI checks as registered (64 px, batch 2), beside the suite: the deepest lambda
+# ResNet that fits CI's budget, which went NaN in eval mode before calibration damped its lambda blocks.
+# `lambda-bench check --all` covers every preset.
+CHECK_SAMPLE = ("lambda_resnet101",)
 
 
 def suite() -> list[Case]:

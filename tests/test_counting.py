@@ -38,6 +38,9 @@ SMALL = {
     "mhsa_layer": AttentionSpec(kind="mhsa", d_in=16, d_out=16, heads=2, size=(5, 6)),
     "axial_layer": AttentionSpec(kind="axial", d_in=8, d_out=16, heads=2, size=(5, 6)),
     "lambda_resnet26": zoo.get("lambda_resnet26", image_size=32).spec,
+    # Table 10's ablation: no position embeddings / no keys in every lambda layer
+    "lambda_resnet26_content_only": zoo.get("lambda_resnet26", image_size=32, lambda_terms="content").spec,
+    "lambda_resnet26_position_only": zoo.get("lambda_resnet26", image_size=32, lambda_terms="position").spec,
     "efficientnet_b0": zoo.get("efficientnet_b0", image_size=32).spec,
 }
 

@@ -56,10 +56,12 @@ def test_float64_layer_matches_the_numpy_reference(framework, name, overrides):
     assert max(errors.values()) <= 1e-12, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
-@pytest.mark.parametrize("framework", [p for p in framework_params() if p.values[0] != "torch"])
+@pytest.mark.parametrize("framework", framework_params())
 def test_float64_model_weights_are_float64(framework):
-    """A float64 model holds every parameter and running statistic in float64: float32 canonical
-    weights widen exactly; a float32 build afterwards is float32 again."""
+    """A float64 model holds every parameter and running statistic in float64 and exports them so
+    (torch included: the anchor's running statistics are read through the same export): float32
+    canonical weights widen exactly, float64 ones load unrounded; a float32 build afterwards is
+    float32 again."""
     backend = get_backend(framework)
     w = weights.randomize_state(weights.init_weights(MIXERS, 3), 3)
     model = backend.build(MIXERS, 0, dtype="float64")
@@ -67,6 +69,10 @@ def test_float64_model_weights_are_float64(framework):
     for name, a in backend.export_weights(model).items():
         assert a.dtype == np.float64, name
         np.testing.assert_array_equal(a, w[name].astype(np.float64), err_msg=name)
+    wide = {name: a.astype(np.float64) * (1 + 2.0 ** -40) for name, a in w.items()}
+    backend.load_weights(model, wide)
+    for name, a in backend.export_weights(model).items():
+        np.testing.assert_array_equal(a, wide[name], err_msg=name)
     plain = backend.build(MIXERS, 0)
     backend.load_weights(plain, w)
     assert {a.dtype for a in backend.export_weights(plain).values()} == {np.dtype(np.float32)}

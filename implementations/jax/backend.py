@@ -221,6 +221,7 @@ class JaxStep:
 
         def train(params, rest, momentum, x, labels):
             (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, labels)
+            grads = clip_gradients(grads)
             momentum = jax.tree.map(lambda m, g: steps.MOMENTUM * m + g, momentum, grads)
             params = jax.tree.map(lambda p, m: p - steps.LEARNING_RATE * m, params, momentum)
             return params, new_rest, momentum, loss
@@ -300,6 +301,16 @@ class JaxStep:
         model = nnx.merge(self._graphdef, self._params, self._rest)
         with _precision(model):
             return model.export_canonical()
+
+
+def clip_gradients(grads: Any) -> Any:
+    """Every gradient (a pytree) times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM)."""
+    leaves = jax.tree.leaves(grads)
+    if not leaves:
+        return grads
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+    scale = steps.GRADIENT_CLIP_NORM / jnp.maximum(norm, steps.GRADIENT_CLIP_NORM)
+    return jax.tree.map(lambda g: g * scale, grads)
 
 
 class FrameworkBackend:

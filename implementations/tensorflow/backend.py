@@ -172,15 +172,24 @@ class TensorFlowStep:
         with tf.GradientTape() as tape:
             y = self.model(self._x, training=True)  # updates the running statistics
             loss = self._loss_of(y)
-        grads = tape.gradient(loss, self._params)
+        # a gather's gradient is IndexedSlices
+        grads = clip_gradients([tf.convert_to_tensor(g) for g in tape.gradient(loss, self._params)])
         updates = []
         for param, buf, grad in zip(self._params, self._momentum, grads):
-            grad = tf.convert_to_tensor(grad)  # a gather's gradient is IndexedSlices
             new_buf = buf.assign(steps.MOMENTUM * buf + grad)
             updates.append(param.assign_sub(steps.LEARNING_RATE * new_buf))
         with tf.control_dependencies(updates):
             done = tf.identity(loss)
         return y, done
+
+
+def clip_gradients(grads: list) -> list:
+    """Every gradient times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM)."""
+    if not grads:
+        return grads
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
+    scale = steps.GRADIENT_CLIP_NORM / tf.maximum(norm, steps.GRADIENT_CLIP_NORM)
+    return [g * scale for g in grads]
 
 
 class FrameworkBackend:

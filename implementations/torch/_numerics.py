@@ -15,11 +15,19 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def as_float(a) -> np.ndarray:
-    """``a`` (a tensor) as a NumPy array, float64 kept (a float64 model's values and gradients),
-    anything else float32 (bfloat16 / float16 outputs of autocast included)."""
-    if a.dtype != torch.float64:
-        a = a.float()
-    return a.detach().cpu().numpy()
+    """``a`` (NumPy or a tensor) as a NumPy array, float64 kept (a float64 model's values and
+    gradients), anything else float32 (the canonical weights' dtype; autocast's bf16 included)."""
+    if isinstance(a, torch.Tensor):
+        a = (a if a.dtype == torch.float64 else a.float()).detach().cpu().numpy()
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
+
+
+def assign(target: torch.Tensor, value) -> None:
+    """Set a parameter or buffer from NumPy in the tensor's own dtype (float32 weights widen exactly in
+    a float64 model; float64 weights reach a float64 model unrounded)."""
+    array = np.asarray(value, dtype=torch.empty((), dtype=target.dtype).numpy().dtype)
+    target.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(target.shape))
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

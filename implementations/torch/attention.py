@@ -24,6 +24,8 @@ from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention
 
+from ._numerics import as_float, assign
+
 MASKED_LOGIT = -1e9  # a key outside the image: exp(MASKED_LOGIT - max) is exactly 0 in float32
 
 
@@ -188,17 +190,14 @@ def _load_canonical(module: nn.Module, weights) -> None:
     """Set every parameter from canonical weights: layouts differ only by the 1x1 kernels' (1, 1)."""
     with torch.no_grad():
         for name in attention_shapes(module.spec):
-            target = module.variable(name)
-            target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
+            assign(module.variable(name), weights[name])
 
 
 def _export_canonical(module: nn.Module) -> dict[str, np.ndarray]:
-    return {name: _native_to_canonical(module, name, module.variable(name)).astype(np.float32)
-            for name in attention_shapes(module.spec)}
+    """Canonical weights: float32 (float64 in a float64 model)."""
+    return {name: _native_to_canonical(module, name, module.variable(name)) for name in attention_shapes(module.spec)}
 
 
 def _native_to_canonical(module: nn.Module, name: str, a) -> np.ndarray:
     """Keeps the dtype (a float64 model's gradients stay float64)."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.array(a).reshape(attention_shapes(module.spec)[name])
+    return as_float(a).reshape(attention_shapes(module.spec)[name]).copy()

@@ -98,6 +98,7 @@ class TorchStep:
                 out = self._forward(self._x)
                 loss = self._loss_of(out)
             loss.backward()
+            clip_gradients(list(self.model.parameters()))
             self._optimizer.step()
             self._out, self._loss = out.detach(), loss.detach()
         if self.device.type == "cuda":
@@ -161,6 +162,17 @@ class TorchStep:
         if self._labels is not None:  # a model: logits (b, classes); cross-entropy in float32
             return F.cross_entropy(out.float(), self._labels)
         return 0.5 * out.float().square().mean()  # a layer: a synthetic regression loss
+
+
+def clip_gradients(params: list) -> None:
+    """Every .grad times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM), in place."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    scale = steps.GRADIENT_CLIP_NORM / torch.clamp(norm, min=steps.GRADIENT_CLIP_NORM)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
 
 
 class FrameworkBackend:

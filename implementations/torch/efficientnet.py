@@ -18,6 +18,7 @@ from torch import nn
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
 
+from ._numerics import as_float, assign
 from .lambda_layer import BatchNorm
 
 
@@ -113,16 +114,16 @@ class EfficientNet(nn.Module):
         """Set every tensor from canonical weights: torch's layouts are the canonical ones."""
         with torch.no_grad():
             for name in efficientnet_shapes(self.spec):
-                target = self.variable(name)
-                target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
+                assign(self.variable(name), weights[name])
 
     def export_canonical(self) -> dict[str, np.ndarray]:
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, self.variable(name).detach().cpu().numpy())
                 for name in efficientnet_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of tensor ``name`` in the canonical layout, float32."""
-        return np.asarray(a, dtype=np.float32).copy()
+        """A value (or gradient) of tensor ``name`` in the canonical layout (its dtype kept)."""
+        return as_float(a).copy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.spec.check_input(x.shape, "NCHW")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._numerics import at_least_fp32
+from ._numerics import as_float, assign, at_least_fp32
 from .lambda_kernels import LambdaConvolution, ReorderedPosition, recomputed
 from lambda_bench.layout import relative_index
 from lambda_bench.plans import conv_table_crop, plan_position
@@ -90,15 +90,15 @@ class LambdaLayer(nn.Module):
         the 1x1 conv kernels' trailing (1, 1)."""
         with torch.no_grad():
             for name in lambda_shapes(self.spec):
-                target = self.variable(name)
-                target.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).reshape(target.shape))
+                assign(self.variable(name), weights[name])
 
     def export_canonical(self) -> dict[str, np.ndarray]:
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, self.variable(name)) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a: torch.Tensor) -> np.ndarray:
-        """A value (or gradient) of tensor ``name`` in the canonical layout."""
-        return a.detach().cpu().numpy().reshape(lambda_shapes(self.spec)[name]).copy()
+        """A value (or gradient) of tensor ``name`` in the canonical layout (its dtype kept)."""
+        return as_float(a).reshape(lambda_shapes(self.spec)[name]).copy()
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""

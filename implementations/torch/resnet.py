@@ -25,6 +25,7 @@ from torch import nn
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
 
+from ._numerics import as_float, assign
 from .lambda_layer import BatchNorm, LambdaLayer
 
 canonical_shapes = functools.lru_cache(maxsize=None)(resnet_shapes)  # specs are frozen, hashable
@@ -33,7 +34,7 @@ canonical_shapes = functools.lru_cache(maxsize=None)(resnet_shapes)  # specs are
 def canonical_to_native(name: str, a) -> np.ndarray:
     """Canonical -> this file's layout: the same (torch keeps (out, in, kh, kw) and fc (out, in));
     the mixers' 1x1 projections add a trailing (1, 1), which their own loaders handle."""
-    return np.asarray(a, dtype=np.float32)
+    return as_float(a)
 
 
 class Conv2d(nn.Module):
@@ -203,20 +204,19 @@ class ResNet(nn.Module):
                 if mixer is not None:
                     mixers.setdefault(id(mixer), (mixer, {}))[1][local] = weights[name]
                     continue
-                target = self.variable(name)
-                target.copy_(torch.from_numpy(canonical_to_native(name, weights[name])).reshape(target.shape))
+                assign(self.variable(name), canonical_to_native(name, weights[name]))
         for mixer, sub in mixers.values():
             mixer.load_canonical(sub)
 
     def export_canonical(self) -> dict[str, np.ndarray]:
-        """Float32 canonical weights, running statistics included."""
+        """Canonical weights, running statistics included: float32 (float64 in a float64 model)."""
         return {name: self.native_to_canonical(name, self.variable(name).detach().cpu().numpy())
                 for name in canonical_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of tensor ``name`` in the canonical layout."""
         shape = canonical_shapes(self.spec)[name]
-        return np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(shape))
+        return np.array(as_float(a).reshape(shape))  # a copy: never a view of a parameter that trains on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.spec.check_input(x.shape, "NCHW")

@@ -3,7 +3,8 @@
 A case is measured in one of two modes:
 - ``infer``: the model in inference mode (running BatchNorm statistics), forward only, no gradients.
 - ``train``: one training step: forward in training mode (batch statistics, running statistics
-  updated), loss, backward, and an SGD-with-momentum update of every parameter in place.
+  updated), loss, backward, the gradients scaled to a global L2 norm of at most GRADIENT_CLIP_NORM,
+  and an SGD-with-momentum update of every parameter in place.
   Models (logits out): mean softmax cross-entropy against synthetic integer labels.
   Layers (a feature map out): half the mean square of the output, a synthetic regression loss (a
   layer has no classifier); its gradient reaches every parameter just the same.
@@ -24,6 +25,15 @@ COMPILE_MODES = {"torch": ("eager", "compiled"), "tensorflow": ("eager", "compil
 DEVICES = ("cpu", "cuda", "tpu")
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
+# Every gradient is multiplied by GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM), the
+# same formula in every framework. Without it the synthetic recipe diverged: at 32 px, batch 2, the
+# last stage's train-mode BatchNorm normalises 2 values per channel, and MHSA-ResNet-26's first
+# gradient reached a global norm of ~1e7 in every framework (conv1.weight moved by 1e5 in one step);
+# JAX then produced NaN, torch and TensorFlow survived by the luck of their rounding. A global lambda
+# layer's synthetic loss grows with its input size (its position lambdas sum E ~ N(0, 1) over every
+# position), so a fixed learning rate diverged from 16 px up. The clip costs one reduction over the
+# parameters: nothing next to the step.
+GRADIENT_CLIP_NORM = 10.0
 
 
 class Unsupported(ValueError):

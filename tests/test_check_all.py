@@ -1,0 +1,85 @@
+"""`lambda-bench check --all`: every preset in its own process, one JSON line each, resumable, a summary
+table, exit 0 only if every preset passed."""
+
+import json
+
+import pytest
+
+from lambda_bench import cli, equivalence, zoo
+
+
+def test_all_cases_cover_every_registered_preset():
+    names = [c.name for c in equivalence.all_cases()]
+    assert sorted(names) == sorted(zoo.names() + list(zoo.MODELS))
+    assert {"lambda_resnet50_content_only", "lambda_resnet50_position_only", "lambda_resnet420"} <= set(names)
+    models = [c for c in equivalence.all_cases() if c.is_model]
+    assert {(c.batch, c.height) for c in models} == {(2, zoo.CHECK_IMAGE_SIZE)}
+
+
+def _record(name, ok=True, status=None):
+    return {"preset": name, "family": "layer", "frameworks": ["torch"], "status": status or ("pass" if ok else "fail"),
+            "ok": ok, "seconds": 1.0,
+            "summary": [{"framework": "torch", "stage": "float32", "ok": ok, "worst": 1e-7 if ok else 0.5,
+                         "worst_tensor": "grad x"}]}
+
+
+def test_resume_file_with_a_cut_last_line_drops_it(tmp_path):
+    path = tmp_path / "all.jsonl"
+    path.write_text(json.dumps(_record("lambda")) + "\n" + '{"preset": "sas')
+    assert list(equivalence.read_records(path)) == ["lambda"]
+    assert path.read_text() == json.dumps(_record("lambda")) + "\n"  # the next append starts on a clean line
+    path.write_text("not json\n" + json.dumps(_record("lambda")) + "\n")
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        equivalence.read_records(path)
+
+
+def test_summary_table_shows_status_per_framework_and_stage_and_worst_per_family():
+    table = equivalence.summary_table({"lambda": _record("lambda"), "sasa": _record("sasa", ok=False)}, ["torch"])
+    assert "ok 1.0e-07" in table and "FAIL 5.0e-01" in table
+    assert "layer                float32  5.00e-01  (sasa torch grad x)" in table
+
+
+def test_check_all_resumes_and_fails_on_a_failed_preset(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    case = zoo.get("lambda_conv", height=5, width=6, d_in=16, d_out=16, r=3)
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [case])
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["status"] == "pass"
+    # resumed: nothing left to check, nothing appended
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
+    assert len(path.read_text().splitlines()) == 1
+    assert "1 done in" in capsys.readouterr().out
+    path.write_text(json.dumps(_record(case.name, ok=False)) + "\n")
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 1
+
+
+def test_check_all_stops_at_the_budget(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda"), zoo.get("sasa")])
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
+                        lambda case, frameworks, threads=None: (__import__("time").sleep(0.1), _record(case.name))[1])
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--budget-minutes", "0.001", "--resume", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "budget spent" in out and f"--resume {path}" in out
+    assert len(path.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["check", "--all", "lambda"], ["check", "--all", "--suite"],
+                                  ["check", "lambda", "--resume", "x.jsonl"], ["check", "--all", "--budget-minutes", "0"]])
+def test_check_all_bad_input(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambda-bench: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_an_errored_preset_is_checked_again_on_resume(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    path.write_text(json.dumps({**_record("lambda"), "status": "error", "ok": False, "error": "killed by signal 9"}) + "\n")
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda")])
+    checked = []
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
+                        lambda case, frameworks, threads=None: (checked.append(case.name), _record(case.name))[1])
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
+    assert checked == ["lambda"]
+    assert equivalence.read_records(path)["lambda"]["status"] == "pass"
