@@ -107,7 +107,7 @@ VARIANCE_FLOOR = 1e-2
 # (at most 1), which keeps the growth bounded by about exp(2 * LAMBDA_BRANCH_GAIN) whatever the depth.
 LAMBDA_BRANCH_GAIN = 2.0
 
-# see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (issue 3's note):
+# see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (`lambda-bench check efficientnet_b0 efficientnet_b3 --json`):
 # EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
 # the anchor's own inputs to float32 moves its gradients by 1-5e-5. 10 * 1e-5 * sqrt(depth) is
 # 9e-4 for B0 (81 weight tensors), 1.1e-3 for B3, 7.3e-4 for ResNet-50.
