@@ -701,7 +701,7 @@ def format_table(result: dict) -> str:
         chk = r["status"] + (f" ({err:.1e})" if err is not None else "")
         lines.append(f"| {r['group']} | {r['describe']} | {r['mode']} | {r['compile']} | {r['implementation']} | "
                      f"{med} | {iqr} | {n} | {mb} | {tr} | {mr} | {chk} |")
-    lines += ["", "Bars (ours against the fastest peer, tests/benchmarks/test_peer_speed.py):"]
+    lines += ["", "Bars (ours against the fastest peer):"]
     for b in result["bars"]:
         extra = "" if b.get("memory_ratio") is None else f", memory {b['memory_ratio']:.2f}"
         tr = "-" if b.get("time_ratio") is None else f"{b['time_ratio']:.2f}"
