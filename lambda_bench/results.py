@@ -27,6 +27,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,7 +297,7 @@ class _WriterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(_read_fd(fd))
+                holder = _holder(_read_holder(fd))
                 os.close(fd)
                 raise StoreLocked(f"{run_dir}: another writer has this run directory ({holder}); only one "
                                   "may write it: wait for that one to end, or choose another directory") from None
@@ -340,6 +341,17 @@ def _read_fd(fd: int) -> str:
         return os.pread(fd, 4096, 0).decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def _read_holder(fd: int, wait_s: float = 1.0) -> str:
+    """The lock file's text, given the holder a moment to write it: it takes the flock first and
+    writes its details just after, so a writer refused in between would read an empty file."""
+    deadline = time.monotonic() + wait_s
+    text = _read_fd(fd)
+    while not text.endswith("\n") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        text = _read_fd(fd)
+    return text
 
 
 def _holder(text: str) -> str:
