@@ -123,6 +123,12 @@ def _table4_outcomes(t4: pd.DataFrame, metric: str, include_flagged: bool) -> li
             outcomes.append(Outcome(setting, f"lambda layer {lam['status']}", "does not hold",
                                     f"the lambda layer model did not run ({lam['status']})"))
             continue
+        if pd.isna(lam[metric]) or lam[metric] <= 0:
+            # e.g. a CPU peak RSS above baseline of 0: the allocator reused memory it already held
+            what = "peak memory" if metric == "peak_mem_gb" else "throughput"
+            outcomes.append(Outcome(setting, f"lambda layer model: {what} not resolved ({lam[metric]})", "cannot tell",
+                                    f"the lambda layer model's {what} reads {lam[metric]}: no ratio to it"))
+            continue
         doubtful = [r["label"] for _, r in pd.concat([lam.to_frame().T, att]).iterrows()
                     if r["status"] == "ok" and str(r.get("flags") or "").strip()]
         parts, wrong, oom = [], [], []
