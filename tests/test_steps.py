@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import framework_params
+from conftest import framework_params, require_or_skip
 from lambda_bench import counting, zoo
 from lambda_bench import weights as canonical
 from lambda_bench.backend import FRAMEWORKS, get_backend
@@ -329,7 +329,7 @@ FLOPS = {"torch": [("resnet26", 1.0, 1.0), ("efficientnet_b0", 1.0, 1.0)],
 @pytest.mark.parametrize("framework, name, low, high", per_framework(FLOPS))
 def test_count_flops_against_the_analytic_count(framework, name, low, high):
     if framework == "tensorflow":
-        pytest.importorskip("jax")  # jaxlib analyses TensorFlow's HLO
+        require_or_skip("jax", "jax")  # jaxlib analyses TensorFlow's HLO
     case = small(name)
     step = get_backend(framework).prepare(case, mode="train")
     before = step._weights()
@@ -347,7 +347,7 @@ def test_count_flops_against_the_analytic_count(framework, name, low, high):
 
 @pytest.fixture
 def torch_backend():
-    pytest.importorskip("torch")
+    require_or_skip("torch", "torch")
     return get_backend("torch")
 
 
@@ -381,7 +381,7 @@ def test_torch_bf16_is_autocast_around_fp32_parameters(torch_backend):
 
 @pytest.fixture
 def tf_backend():
-    pytest.importorskip("tensorflow")
+    require_or_skip("tensorflow", "tensorflow")
     return get_backend("tensorflow")
 
 
@@ -397,7 +397,7 @@ def test_tensorflow_says_why_it_cannot(tf_backend):
 def test_tensorflow_flops_double_with_the_batch(tf_backend):
     """Per-example work: twice the batch, twice the FLOPs (less the per-channel work of the inference
     BatchNorm, rsqrt(var + eps) * weight, which does not grow with the batch)."""
-    pytest.importorskip("jax")
+    require_or_skip("jax", "jax")
     flops = tf_backend.prepare(small("resnet26")).count_flops()["flops"]
     doubled = tf_backend.prepare(small("resnet26", batch=4)).count_flops()["flops"]
     assert 2 * flops * 0.999 < doubled < 2 * flops
@@ -407,7 +407,7 @@ def test_tensorflow_flops_double_with_the_batch(tf_backend):
 
 @pytest.fixture
 def jax_backend():
-    pytest.importorskip("jax")
+    require_or_skip("jax", "jax")
     return get_backend("jax")
 
 
