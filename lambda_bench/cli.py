@@ -380,7 +380,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     first = results.read_rows(args.run_dir)
     if not first:
         raise ValueError(f"RUN_DIR {args.run_dir!r}: no {results.ROWS_FILE} rows there; not a lambda-bench run")
-    if args.against:
+    if args.against and args.interleaved:
+        raise UsageError("--against compares two existing runs; --interleaved measures: give one of them")
+    if args.interleaved:
+        sweep = reproduce.sweep_of(args.run_dir)
+        base = args.out or os.path.normpath(args.run_dir) + "-interleaved"
+        first_dir, second_dir = base + "-a", base + "-b"
+        command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
+        if not args.json:
+            print(f"lambda-bench reproduce: {len(sweep.cases)} ok cases of {args.run_dir} measured twice more, "
+                  f"case by case -> {first_dir}, {second_dir}", flush=True)
+        reproduce.measure_interleaved(sweep, first_dir, second_dir, resume=args.resume, command=command,
+                                      progress=None if args.json else (lambda line: print(line, flush=True)))
+        first, second = results.read_rows(first_dir), results.read_rows(second_dir)
+        if not args.json:
+            print(runner.stability_summary(first + second))
+        args.run_dir = first_dir
+    elif args.against:
         second_dir = args.against
         second = results.read_rows(second_dir)
         if not second:
@@ -557,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the second measurement goes (default RUN_DIR-repro)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted second measurement in --out")
     p.add_argument("--against", metavar="OTHER_RUN", help="compare with this existing run instead of measuring")
+    p.add_argument("--interleaved", action="store_true",
+                   help="measure every case twice more, back to back, into OUT-a and OUT-b (default OUT: "
+                        "RUN_DIR-interleaved) and compare those: a case's own scatter, without the machine's "
+                        "drift between two passes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_reproduce)
 

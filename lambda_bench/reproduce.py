@@ -7,11 +7,18 @@ step times: the median ratio, the share of cases within 10%, the worst case, the
 ``--against OTHER_RUN`` compares two existing runs without measuring.
 
 The second pass runs after the first, not interleaved with it, so slow drift of the machine
-(thermal state, other work starting) counts against agreement: the check is the stricter for it.
+(thermal state, other work starting, and on a virtual machine the host's other guests, which the
+interference monitor cannot see) counts against agreement.
+
+``--interleaved`` answers the narrower question "how repeatable is one case's figure": every case is
+measured twice more, back to back (fresh worker each time, the order of the two passes alternating
+from case to case), into ``OUT-a`` and ``OUT-b``, and those two are compared. Drift over minutes
+then hits both measurements of a case alike; what remains is the case's own scatter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -117,6 +124,55 @@ def sweep_of(run_dir: Path | str):
     return runner.Sweep(tuple(cases), threads=cases[0].threads, timeout_s=float(config.get("timeout_s", 600.0)),
                         seed=int(config.get("seed", 0)), timing=timing,
                         memory_limit_bytes=config.get("memory_limit_bytes"), source=f"reproduce {run_dir}")
+
+
+class _FirstCaseOnly:
+    """An executor that runs only the first case it is handed: the runner's store, resume and rows
+    stay as they are, and the caller decides the order of cases across two run directories."""
+
+    def __init__(self) -> None:
+        from .executors.local import LocalExecutor
+
+        self._local = LocalExecutor()
+        self.name, self.runs_here, self.concurrent = "local", True, False
+
+    def __enter__(self) -> "_FirstCaseOnly":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self._local.describe()
+
+    def run(self, cases, sweep, worker=None, before=None):
+        return self._local.run(list(cases)[:1], sweep, worker, before)
+
+    def running(self) -> list[str]:
+        return []
+
+
+def measure_interleaved(sweep, dir_a: Path | str, dir_b: Path | str, *, resume: bool = False, command: str = "",
+                        progress=None, worker: tuple[str, ...] | None = None) -> None:
+    """Measure every case of ``sweep`` once into ``dir_a`` and once into ``dir_b``, case by case, the
+    two back to back and their order alternating (a b, b a, a b, ...); resumable like any run."""
+    from . import runner
+
+    for d in (dir_a, dir_b):
+        if not resume and results.read_rows(d):
+            raise ValueError(f"out={str(d)!r}: already holds results; pass --resume to continue it or choose "
+                             "a new directory")
+    for i, case in enumerate(sweep.cases):
+        # this case first, so that the runner (which measures the not yet stored cases in order) measures
+        # it; every case stays in the sweep, so each directory's env.json describes the whole sweep
+        first = dataclasses.replace(sweep, cases=(case, *(c for c in sweep.cases if c is not case)))
+        for d in ((dir_a, dir_b) if i % 2 == 0 else (dir_b, dir_a)):
+            if any(r.get("case_id") == case.case_id for r in results.read_rows(d)):
+                continue  # measured before an interruption
+            label = "a" if d == dir_a else "b"
+            say = None if progress is None else (lambda line, label=label: progress(f"  {label}: {line.strip()}"))
+            runner.run(first, d, resume=True, command=command, progress=say, worker=worker,
+                       executor=_FirstCaseOnly())
 
 
 def format_agreement(agreement: Agreement, name_a: str, name_b: str, top: int = 10) -> str:

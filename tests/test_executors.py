@@ -226,6 +226,42 @@ def test_unreachable_scheduler_is_one_line_and_exit_2(tmp_path, capsys):
     assert not results.read_rows(out)  # nothing ran; the directory can be used again without --resume
 
 
+def test_a_local_cluster_that_does_not_start_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    def refuse(self):
+        raise RuntimeError("Nanny failed to start.\nSee the worker's log")
+
+    monkeypatch.setattr(DaskExecutor, "_local_cluster", refuse)
+    out = tmp_path / "run"
+    argv = ["run", "--models", "lambda", "--frameworks", "torch", "--image-size", "16", "--executor", "dask",
+            "--local-workers", "1", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not start" in err and "Nanny failed" in err, err
+    assert "Traceback" not in err
+    assert not results.read_rows(out)
+
+
+def test_a_case_task_quiets_the_dask_worker_it_runs_on():
+    from lambda_bench.executors import dask as dask_executor
+
+    class Callback:
+        def __init__(self):
+            self.running = True
+
+        def stop(self):
+            self.running = False
+
+    class Worker:
+        periodic_callbacks = {"profile": Callback(), "profile-cycle": Callback(), "tick": Callback(),
+                              "heartbeat": Callback()}
+
+    worker = Worker()
+    dask_executor._quiet_worker(worker)
+    dask_executor._quiet_worker(worker)  # twice: a second case on the same worker
+    running = {name: cb.running for name, cb in worker.periodic_callbacks.items()}
+    assert running == {"profile": False, "profile-cycle": False, "tick": False, "heartbeat": True}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--scheduler", "tcp://127.0.0.1:8786"], "need --executor dask"),
     (["--executor", "dask", "--local-workers", "0"], "local workers=0"),
@@ -294,6 +330,25 @@ def test_the_case_process_does_not_inherit_the_dask_nanny_s_tuning(tmp_path, mon
     runner.run(_sweep(["lambda"]), tmp_path / "run", worker=FAKE, executor=executors.make("dask", local_workers=1))
     start, = [r for r in _log(log_path) if r["event"] == "start"]
     assert start["malloc_trim_threshold"] is None  # the nanny sets 65536 for its own worker process
+
+
+def _worker_settings():
+    import dask
+
+    return {key: dask.config.get(key) for key in ("distributed.worker.profile.enabled",
+                                                  "distributed.admin.tick.interval")}
+
+
+def test_a_local_cluster_s_workers_run_without_profiler_and_fast_tick():
+    from lambda_bench.executors import dask as dask_executor
+
+    with DaskExecutor(local_workers=1) as executor:
+        settings = list(executor.client.run(_worker_settings).values())
+        callbacks = list(executor.client.run(
+            lambda dask_worker: sorted(dask_worker.periodic_callbacks)).values())
+    assert settings == [{"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}]
+    assert "profile" not in callbacks[0]
+    assert dask_executor.QUIET_CONFIG["distributed.admin.tick.interval"] == "1s"
 
 
 def test_ctrl_c_stops_the_cases_running_on_a_cluster_and_keeps_the_store(tmp_path, monkeypatch):

@@ -41,6 +41,24 @@ def test_cpu_ticks_reads_only_the_pinned_cpus():
     assert interference.cpu_ticks([0, 1], STAT) == (156, 1166)
 
 
+def test_steal_is_busy_time_and_is_read_apart():
+    assert interference.cpu_counters([1], STAT) == (66, 671, 3)
+    before = CpuSample(busy_ticks=1000, total_ticks=10_000, own_s=5.0, wall_s=0.0, n_cpus=2, steal_ticks=100)
+    after = CpuSample(busy_ticks=1100, total_ticks=10_200, own_s=5.0, wall_s=1.0, n_cpus=2, steal_ticks=180)
+    assert interference.steal_fraction(before, after) == pytest.approx(0.40)
+    assert others_fraction(before, after, tick_hz=100) == pytest.approx(0.49)  # steal is inside others
+
+
+def test_a_flag_says_when_the_cpu_time_went_to_other_virtual_machines():
+    cfg = TimingConfig(max_rel_iqr=100.0)
+    timing = interference.Timing(times_s=[1.0, 1.0, 1.0], first_call_s=1.0, recompilations=0)
+    stolen = interference.Attempt(timing, 0.30, steal=0.25)
+    local = interference.Attempt(timing, 0.30, steal=0.01)
+    assert stolen.problems(cfg) == ["busy machine: 30% of CPU time used by other processes "
+                                    "(25% stolen by the hypervisor for other virtual machines)"]
+    assert local.problems(cfg) == ["busy machine: 30% of CPU time used by other processes"]
+
+
 def test_cpu_ticks_names_a_missing_cpu():
     with pytest.raises(ValueError, match="cpu7"):
         interference.cpu_ticks([0, 7], STAT)

@@ -90,3 +90,35 @@ def test_cli_measures_again_with_the_real_worker(tmp_path, capsys):
     assert code == (0 if out["reproduces"] else 1)  # timing on a shared box decides which; both are answers
     (row,) = results.read_rows(str(run) + "-repro")
     assert row["status"] == "ok" and row["case_id"] == results.read_rows(run)[0]["case_id"]
+
+
+def test_interleaved_measures_each_case_twice_back_to_back_alternating(tmp_path, monkeypatch):
+    sweep = runner.build_sweep({"models": ["lambda_conv", "mhsa", "sasa"], "frameworks": ["torch"],
+                                "image_sizes": [8], "batch_sizes": [2], "threads": 1,
+                                "timing": {"warmup_steps": 0, "min_steps": 3, "min_time_s": 0.0}})
+    ids = [c.case_id for c in sweep.cases]
+    calls, original = [], runner.run
+
+    def spy(swp, out, **kwargs):
+        calls.append((swp.cases[0].case_id, Path(out).name))
+        return original(swp, out, **kwargs)
+
+    monkeypatch.setattr(runner, "run", spy)
+    a, b = tmp_path / "a", tmp_path / "b"
+    reproduce.measure_interleaved(sweep, a, b, worker=FAKE)
+    assert calls == [(ids[0], "a"), (ids[0], "b"), (ids[1], "b"), (ids[1], "a"), (ids[2], "a"), (ids[2], "b")]
+    for d in (a, b):
+        assert sorted(r["case_id"] for r in results.read_rows(d)) == sorted(ids)  # each case once
+        assert sorted(json.loads((d / results.ENV_FILE).read_text())["config"]["cases"]) == sorted(ids)
+    assert reproduce.compare(results.read_rows(a), results.read_rows(b)).n == 3
+    with pytest.raises(ValueError, match="already holds results"):
+        reproduce.measure_interleaved(sweep, a, b, worker=FAKE)
+    calls.clear()
+    reproduce.measure_interleaved(sweep, a, b, resume=True, worker=FAKE)
+    assert calls == []  # everything is measured: a resumed run has nothing left to do
+
+
+def test_cli_interleaved_and_against_do_not_go_together(tmp_path, capsys):
+    a = _write(tmp_path / "a", [_row("x", 0.01)])
+    assert cli.main(["reproduce", str(a), "--against", str(a), "--interleaved"]) == 2
+    assert "give one of them" in capsys.readouterr().err

@@ -28,6 +28,19 @@ CONNECT_TIMEOUT_S = 10.0
 WORKER_WAIT_S = 30.0
 RESOURCES = {"cuda": "GPU", "tpu": "TPU", "cpu": "machine"}
 TOPIC = "lambda-bench-case-started"
+# Dask's own periodic work, turned down on the nodes that run cases. Every Dask server wakes every
+# 20 ms to check its event loop, a worker samples its threads' stacks every 10 ms: on the CPUs a case
+# is pinned to, those wake-ups are enough for PyTorch's spin-waiting OpenMP threads to lose their
+# cores, and eager torch steps read 1.2-1.6x slower than under the local executor (docs/cluster.md,
+# "Overhead"). A local cluster starts with this configuration; a case task also stops its worker's
+# profiler and tick (a fleet's workers were started by someone else).
+QUIET_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.scheduler.work-stealing": False,  # one case per worker slot: nothing to steal
+}
+QUIET_CALLBACKS = ("profile", "profile-cycle", "tick")
 
 
 def resources_for(case) -> dict[str, int]:
@@ -63,11 +76,22 @@ def run_task(case, sweep, worker: tuple[str, ...] | None) -> dict:
 
     _drop_nanny_tuning()
     w = get_worker()
+    w.loop.add_callback(_quiet_worker, w)  # thread-safe: the callbacks belong to the worker's event loop
     host, worker_gpu = _place()
     place = f"{host} GPU {gpu_index('cuda')}" if case.device == "cuda" else host
     w.log_event(TOPIC, {"key": str(w.get_current_task()), "place": place, "address": w.address, "host": host,
                         "worker_gpu": worker_gpu})
     return run_here(case, sweep, worker)
+
+
+def _quiet_worker(worker) -> None:
+    """Stop the Dask worker's periodic work that a case's timing would feel (QUIET_CALLBACKS: see
+    QUIET_CONFIG). Idempotent; the worker keeps running tasks and sending heartbeats, it just keeps no
+    profile and no event-loop health figures."""
+    for name in QUIET_CALLBACKS:
+        callback = worker.periodic_callbacks.get(name)
+        if callback is not None:
+            callback.stop()
 
 
 def _drop_nanny_tuning() -> None:
@@ -175,7 +199,11 @@ class DaskExecutor:
                     raise ValueError(f"scheduler {self.scheduler}: cannot connect "
                                      f"({_one_line(exc) or type(exc).__name__})") from None
             else:
-                self.cluster = self._local_cluster()
+                try:
+                    self.cluster = self._local_cluster()
+                except Exception as exc:  # a worker that cannot start (ports, limits, a broken install)
+                    raise ValueError(f"--local-workers: the local Dask cluster on 127.0.0.1 did not start "
+                                     f"({type(exc).__name__}: {_one_line(exc)})") from None
                 self.client = Client(self.cluster, set_as_default=False)
             try:
                 self._old_allowed_failures = self.client.run_on_scheduler(_set_allowed_failures, self.retries)
@@ -193,6 +221,7 @@ class DaskExecutor:
         return self
 
     def _local_cluster(self):
+        import dask
         from distributed import Nanny, Scheduler, SpecCluster
 
         # every socket on 127.0.0.1; one thread per worker (one case at a time), no memory limit
@@ -204,8 +233,9 @@ class DaskExecutor:
             "host": "127.0.0.1", "nthreads": 1, "memory_limit": 0, "resources": spec["resources"],
             "env": spec["env"], "dashboard": False, "silence_logs": logging.CRITICAL}}
             for i, spec in enumerate(self.worker_specs)}
-        return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.CRITICAL,
-                           name="lambda-bench")
+        with dask.config.set(QUIET_CONFIG):  # the scheduler reads it here, each nanny hands it to its worker
+            return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.CRITICAL,
+                               name="lambda-bench")
 
     def __exit__(self, *exc: Any) -> None:
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None

@@ -52,13 +52,20 @@ class CpuSample:
     own_s: float
     wall_s: float
     n_cpus: int = 1  # the tick rounding: up to one tick per CPU per window is not counted as others
+    steal_ticks: int = 0  # part of busy_ticks: a hypervisor ran another virtual machine on these CPUs
 
 
 def cpu_ticks(cpus: Iterable[int], stat_text: str | None = None) -> tuple[int, int]:
     """(busy, total) clock ticks of ``cpus`` since boot, from /proc/stat (or ``stat_text``)."""
+    busy, total, _ = cpu_counters(cpus, stat_text)
+    return busy, total
+
+
+def cpu_counters(cpus: Iterable[int], stat_text: str | None = None) -> tuple[int, int, int]:
+    """(busy, total, steal) clock ticks of ``cpus`` since boot; steal is part of busy."""
     wanted = {f"cpu{c}" for c in cpus}
     text = PROC_STAT.read_text() if stat_text is None else stat_text
-    busy = total = 0
+    busy = total = steal = 0
     found = set()
     for line in text.splitlines():
         name, _, rest = line.partition(" ")
@@ -68,17 +75,18 @@ def cpu_ticks(cpus: Iterable[int], stat_text: str | None = None) -> tuple[int, i
         values += [0] * (8 - len(values))  # old kernels lack steal
         b = sum(values[i] for i in _BUSY_FIELDS)
         busy += b
+        steal += values[7]
         total += b + sum(values[i] for i in _IDLE_FIELDS)
         found.add(name)
     if found != wanted:
         missing = sorted(wanted - found)
         raise ValueError(f"/proc/stat has no line for {', '.join(missing)}")
-    return busy, total
+    return busy, total, steal
 
 
 def sample(cpus: Sequence[int]) -> CpuSample:
-    busy, total = cpu_ticks(cpus)
-    return CpuSample(busy, total, time.process_time(), time.perf_counter(), len(cpus))
+    busy, total, steal = cpu_counters(cpus)
+    return CpuSample(busy, total, time.process_time(), time.perf_counter(), len(cpus), steal)
 
 
 def others_fraction(before: CpuSample, after: CpuSample, tick_hz: float | None = None) -> float | None:
@@ -97,6 +105,16 @@ def others_fraction(before: CpuSample, after: CpuSample, tick_hz: float | None =
     return min(1.0, max(0.0, (busy - own - after.n_cpus) / total))
 
 
+def steal_fraction(before: CpuSample, after: CpuSample) -> float | None:
+    """Share (0..1) of the pinned CPUs' time between the samples that the hypervisor gave to other
+    virtual machines (/proc/stat's steal; 0 on bare metal). It is inside ``others_fraction``: stolen
+    time is time the case did not run; this says how much of it came from outside the machine."""
+    total = after.total_ticks - before.total_ticks
+    if total <= 0:
+        return None
+    return min(1.0, max(0.0, (after.steal_ticks - before.steal_ticks) / total))
+
+
 _TICK_HZ = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
 
@@ -107,6 +125,7 @@ class Monitor:
     def __init__(self, cpus: Sequence[int] | None = None) -> None:
         self.cpus = list(cpus) if cpus is not None else sorted(os.sched_getaffinity(0))
         self.fraction: float | None = None
+        self.steal: float | None = None
         self._before: CpuSample | None = None
 
     def start(self) -> None:
@@ -119,9 +138,11 @@ class Monitor:
         if self._before is None:
             return None
         try:
-            self.fraction = others_fraction(self._before, sample(self.cpus))
+            after = sample(self.cpus)
+            self.fraction = others_fraction(self._before, after)
+            self.steal = steal_fraction(self._before, after)
         except (OSError, ValueError):
-            self.fraction = None
+            self.fraction = self.steal = None
         return self.fraction
 
 
@@ -167,12 +188,18 @@ class Attempt:
     interference: float | None
     gpu_others: int | None = None
     duration_s: float = 0.0  # warm-up and timed loop: what another window costs
+    steal: float | None = None  # the part of ``interference`` that a hypervisor gave to other VMs
 
     def problems(self, config: TimingConfig) -> list[str]:
         """Human-readable reasons this window's figure is doubtful ([] when none)."""
         out = []
         if self.interference is not None and self.interference > config.max_interference:
-            out.append(f"busy machine: {self.interference:.0%} of CPU time used by other processes")
+            where = ""
+            if self.steal is not None and self.steal >= 0.5 * self.interference:
+                # nothing on this machine to stop: the host runs other virtual machines on these CPUs
+                stolen = min(self.steal, self.interference)  # others is net of tick rounding; steal is not
+                where = f" ({stolen:.0%} stolen by the hypervisor for other virtual machines)"
+            out.append(f"busy machine: {self.interference:.0%} of CPU time used by other processes{where}")
         if self.timing.rel_iqr > config.max_rel_iqr:
             out.append(f"unstable: IQR {self.timing.rel_iqr:.0%} of median")
         return out
@@ -235,7 +262,8 @@ def time_with_policy(step: Callable[[], None], config: TimingConfig, cpus: Seque
         timing = time_step(step, config, traces=traces, after_warmup=begin, first_call=first)
         fraction = monitor.stop()
         duration = sum(timing.times_s) + config.warmup_steps * timing.median_s
-        return Attempt(timing, fraction, gpu_other_processes(gpu_index) if gpu_index is not None else None, duration)
+        return Attempt(timing, fraction, gpu_other_processes(gpu_index) if gpu_index is not None else None, duration,
+                       monitor.steal)
 
     first = window(True)
     after_first_window()
