@@ -66,6 +66,13 @@ class Agreement:
         return [a["case_id"] for a, _, r in self.pairs if self.spread(r) > WORST]
 
     @property
+    def probe_ratio(self) -> float | None:
+        """Median over cases of second / first machine-speed probe (rows' probe_s); None without probes."""
+        ratios = [b["probe_s"] / a["probe_s"] for a, b, _ in self.pairs
+                  if _positive(a.get("probe_s")) and _positive(b.get("probe_s"))]
+        return statistics.median(ratios) if ratios else None
+
+    @property
     def reproduces(self) -> bool:
         return self.n > 0 and self.share_within >= SHARE and not self.beyond_worst
 
@@ -74,12 +81,17 @@ class Agreement:
         return {"cases": self.n, "median_ratio": self.median_ratio if self.n else None,
                 "share_within_10pct": self.share_within if self.n else None,
                 "worst_case": worst_id, "worst_ratio": worst_ratio, "beyond_1_5x": self.beyond_worst,
+                "probe_ratio": self.probe_ratio if self.n else None,
                 "reproduces": self.reproduces, "only_in_first": self.only_in_a, "only_in_second": self.only_in_b,
                 "bar": {"within": WITHIN, "share": SHARE, "worst": WORST},
                 "per_case": [{"case_id": a["case_id"], "first_s": a["step_time_median_s"],
                               "second_s": b["step_time_median_s"], "ratio": r,
                               "flags": "; ".join(filter(None, (a.get("flags"), b.get("flags"))))}
                              for a, b, r in self.pairs]}
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and x > 0 and math.isfinite(x)
 
 
 def _ok(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -183,6 +195,12 @@ def format_agreement(agreement: Agreement, name_a: str, name_b: str, top: int = 
              f"  median ratio {agreement.median_ratio:.3f}; within {WITHIN:.0%}: "
              f"{agreement.share_within:.0%} of cases; worst {worst_ratio:.3f} ({worst_id}); "
              f"beyond {WORST:g}x: {len(agreement.beyond_worst)}"]
+    probe = agreement.probe_ratio
+    if probe is not None:
+        # the probe is pure Python on the case's CPUs: it moves with the machine, not with the harness
+        verdict = ("alike" if abs(probe - 1) <= 0.05 else
+                   f"the machine itself ran {abs(probe - 1):.0%} {'slower' if probe > 1 else 'faster'} in the second")
+        lines.append(f"  machine speed (probe_s, second / first, median): {probe:.3f}: {verdict}")
     ranked = sorted(agreement.pairs, key=lambda p: -Agreement.spread(p[2]))[:top]
     lines.append(f"  least reproducible {len(ranked)}:")
     for a, b, r in ranked:

@@ -67,6 +67,9 @@ COLUMNS: dict[str, str] = {
     "rel_iqr": "step_time_iqr_s / step_time_median_s: the timed window's own stability",
     "interference": "fraction (0..1) of the pinned CPUs' time used by other processes during the timed window "
                     "(/proc/stat busy time minus the worker's own CPU time); None where not measurable",
+    "probe_s": "the machine's own speed right after the kept timed window: seconds of a fixed pure-Python "
+               "workload on the case's CPUs (best of 5). It sees what interference cannot (a host's other "
+               "guests, clock changes): rows whose probes differ ran on a machine of different speed",
     "remeasured": "times the case was timed again in the same worker because the window was busy or unstable",
     "flags": "'; '-joined reasons the figure is doubtful ('' when clean): 'busy machine: 38% of CPU time used "
              "by other processes', 'unstable: IQR 45% of median', 'shared GPU: ...'; the row stays ok",
@@ -575,7 +578,7 @@ def load(path: Path | str | Iterable[Path | str]):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",
-                "flops_counted", "wall_s", "rel_iqr", "interference"):
+                "flops_counted", "wall_s", "rel_iqr", "interference", "probe_s"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["flags"] = frame["flags"].fillna("")  # rows from before the flags column are unflagged
     return frame

@@ -120,6 +120,7 @@ def test_a_quiet_window_is_kept_as_it_is(monkeypatch):
     assert outcome.remeasured == 0 and outcome.flags == [] and waits == []
     assert outcome.columns()["interference"] == pytest.approx(0.02)
     assert outcome.columns()["flags"] == ""
+    assert outcome.columns()["probe_s"] > 0  # the machine-speed probe ran right after the window
 
 
 def test_a_busy_window_is_timed_again_once_the_machine_is_calm(monkeypatch):

@@ -122,3 +122,18 @@ def test_cli_interleaved_and_against_do_not_go_together(tmp_path, capsys):
     a = _write(tmp_path / "a", [_row("x", 0.01)])
     assert cli.main(["reproduce", str(a), "--against", str(a), "--interleaved"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def test_the_machine_speed_probe_says_when_the_machine_itself_slowed_down():
+    first = [results.blank_row(case_id=f"c{i}", status="ok", step_time_median_s=0.010, probe_s=0.0010)
+             for i in range(5)]
+    second = [results.blank_row(case_id=f"c{i}", status="ok", step_time_median_s=0.013, probe_s=0.0013)
+              for i in range(5)]
+    agreement = reproduce.compare(first, second)
+    assert agreement.probe_ratio == pytest.approx(1.3) and not agreement.reproduces
+    text = reproduce.format_agreement(agreement, "a", "b")
+    assert "the machine itself ran 30% slower in the second" in text
+    same = reproduce.compare(first, first)
+    assert "probe_s, second / first, median): 1.000: alike" in reproduce.format_agreement(same, "a", "a")
+    old = [_row(f"c{i}", 0.01) for i in range(5)]  # rows from before the probe: nothing to say
+    assert reproduce.compare(old, old).probe_ratio is None

@@ -180,6 +180,22 @@ def gpu_other_processes(index: int = 0) -> int | None:
     return max(0, len(procs) - 1)
 
 
+def speed_probe(repeats: int = 5, size: int = 20_000) -> float:
+    """Seconds of a fixed pure-Python workload (the best of ``repeats``; ~1-2 ms each on a current
+    core): the speed of the CPU this process runs on, right now. The same figure in two rows means
+    the same machine speed; a slower one means the machine itself was slower (a host's other
+    guests, a lower clock), which the interference figure, counting only this machine's processes
+    and steal, cannot see."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total = 0
+        for i in range(size):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 # --- the policy ---------------------------------------------------------------------------------
 
 @dataclass
@@ -189,6 +205,7 @@ class Attempt:
     gpu_others: int | None = None
     duration_s: float = 0.0  # warm-up and timed loop: what another window costs
     steal: float | None = None  # the part of ``interference`` that a hypervisor gave to other VMs
+    probe_s: float | None = None  # speed_probe() right after the window
 
     def problems(self, config: TimingConfig) -> list[str]:
         """Human-readable reasons this window's figure is doubtful ([] when none)."""
@@ -232,6 +249,7 @@ class Outcome:
         # a recompilation in any window is the step's behaviour, whichever window is kept
         row["recompilations"] = sum(a.timing.recompilations for a in self.attempts)
         row["interference"] = self.kept.interference
+        row["probe_s"] = self.kept.probe_s
         row["remeasured"] = self.remeasured
         row["flags"] = "; ".join(self.flags)
         return row
@@ -241,7 +259,7 @@ def time_with_policy(step: Callable[[], None], config: TimingConfig, cpus: Seque
                      traces: Callable[[], int] = lambda: 0, after_warmup: Callable[[], None] = lambda: None,
                      after_first_window: Callable[[], None] = lambda: None, gpu_index: int | None = None,
                      deadline: float | None = None, wait: Callable[..., tuple[bool, float, float | None]] = wait_for_calm,
-                     ) -> Outcome:
+                     probe: Callable[[], float | None] = speed_probe) -> Outcome:
     """Time ``step`` (timing.time_step) with the interference monitor around the timed loop, then
     re-time it while the window is doubtful and the policy allows: at most ``config.remeasure``
     times, each after waiting for calm (bounded by ``config.calm_wait_s``; a machine that stays busy
@@ -263,7 +281,7 @@ def time_with_policy(step: Callable[[], None], config: TimingConfig, cpus: Seque
         fraction = monitor.stop()
         duration = sum(timing.times_s) + config.warmup_steps * timing.median_s
         return Attempt(timing, fraction, gpu_other_processes(gpu_index) if gpu_index is not None else None, duration,
-                       monitor.steal)
+                       monitor.steal, probe())
 
     first = window(True)
     after_first_window()
