@@ -446,12 +446,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.compare:
         if len(args.run_dirs) != 2:
             raise UsageError(f"--compare: give exactly two run directories (A then B), got {len(args.run_dirs)}")
-        if args.accuracy or args.include_flagged:
-            raise UsageError("--compare: --accuracy and --include-flagged apply to a report, not a comparison")
+        if args.accuracy or args.include_flagged or args.figures:
+            raise UsageError("--compare: --accuracy, --include-flagged and --figures apply to a report, not a "
+                             "comparison")
         path = compare(*args.run_dirs, args.out or "reports/compare")
     else:
+        command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
         path = render(args.run_dirs, args.out or "reports/latest", accuracy=args.accuracy,
-                      include_flagged=args.include_flagged)
+                      include_flagged=args.include_flagged, figures_page=args.figures, command=command)
+        if args.figures:
+            print(f"figures page: {args.figures}")
     print(f"report: {path} (and {os.path.join(os.path.dirname(str(path)), 'report.html')})")
     return 0
 
@@ -604,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "speed-ups and the verdicts; by default they are shown hollow and left out")
     p.add_argument("--compare", action="store_true",
                    help="two run directories A B: per case in both, B's speed and memory as a ratio of A's")
+    p.add_argument("--figures", metavar="PAGE.md",
+                   help="also write the findings, tables and figure takeaways as one Markdown page headed by "
+                        "this command and each run's machine, commit and versions (e.g. docs/figures.md)")
     p.set_defaults(func=_cmd_report)
     return parser
 

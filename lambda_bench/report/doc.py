@@ -219,8 +219,9 @@ def _shown(block: Table) -> pd.DataFrame:
     return block.view if block.view is not None else block.frame
 
 
-def _markdown_table(block: Table, csv_path: str) -> list[str]:
-    lines = [f"*{block.caption}* ([CSV]({csv_path}))", ""] if block.caption else [f"([CSV]({csv_path}))", ""]
+def _markdown_table(block: Table, csv_path: str | None) -> list[str]:
+    link = f" ([CSV]({csv_path}))" if csv_path else ""
+    lines = [f"*{block.caption}*{link}", ""] if block.caption else ([link.strip(), ""] if link else [])
     shown = _shown(block)
     if shown.empty:
         return lines + ["(no rows)", ""]

@@ -11,6 +11,7 @@ from . import environment, findings, flops, frameworks, pareto, scaling, tables
 from .accuracy import load_accuracy
 from .doc import Heading, Table, Text, write
 from .figures import pyplot
+from .figures_page import check_page, write_page
 from .runs import load_runs
 
 APPENDIX = "Appendix: every row"
@@ -19,12 +20,15 @@ SECTIONS = (findings.HEADING, pareto.HEADING, scaling.HEADING, tables.HEADING, f
 
 
 def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | Path | None = None,
-           include_flagged: bool = False) -> Path:
+           include_flagged: bool = False, figures_page: str | Path | None = None, command: str = "") -> Path:
     """Write report.md, report.html, figures/ and tables/ into ``out_dir``; returns report.md's path.
     ``accuracy``: a CSV (model, image_size, top1[, source, note]) whose rows replace the published
     top-1 of the same model and image size. ``include_flagged``: let flagged measurements into the
     fitted slopes, the speed-ups and the verdicts (by default they are shown, hollow, and left out).
-    ValueError names a bad input."""
+    ``figures_page``: also write the findings, tables and figure takeaways as one Markdown page for
+    docs/, headed by ``command`` and each run's provenance (figures_page.py). ValueError names a bad input."""
+    if figures_page is not None:
+        check_page(figures_page)  # before anything is written
     rows, envs = load_runs(run_dirs)
     accuracy_table = load_accuracy(accuracy)
     pyplot()  # the Agg backend, before any section imports pyplot
@@ -39,7 +43,11 @@ def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | 
     blocks += frameworks.section(rows)
     blocks += flops.section(rows)
     blocks += environment.section(rows, envs, accuracy_source, include_flagged)
-    return write(with_appendix(blocks), out, f"lambda-bench report: {runs}")
+    blocks = with_appendix(blocks)
+    path = write(blocks, out, f"lambda-bench report: {runs}")
+    if figures_page is not None:
+        write_page(blocks, envs, figures_page, command)
+    return path
 
 
 def prepare_out(out_dir: str | Path) -> Path:
