@@ -34,7 +34,7 @@ def test_a_row_has_every_column_the_labels_and_the_derived_figures():
     row = results.make_row(case, MEASURED, run_id="run1", commit="abc", device_name="Test CPU",
                            timestamp="2026-01-01T00:00:00+00:00")
     assert list(row) == list(results.COLUMNS)  # every column, nothing else, in the CSV's order
-    assert (row["kind"], row["family"], row["mixer"]) == ("model", "lambda_resnet", "conv+lambda_conv")
+    assert (row["kind"], row["family"], row["mixer"]) == ("model", "lambda_resnet", "lambda_conv")
     assert row["implementation"] == "ours" and row["case_id"] == case.case_id
     assert row["images_per_s"] == pytest.approx(2 / 0.05)
     assert row["train_s_per_1024"] == pytest.approx(0.05 * 1024 / 2)
