@@ -1,9 +1,11 @@
 """`lambda-bench ingest FILE.json --out DIR`: pytest-benchmark JSON -> result rows.
 
-tests/benchmarks/test_models.py puts every case field of a row into each benchmark's ``extra_info``
-(framework, model, sizes, mode, precision, compile, device, threads, params, FLOPs, memory); the
-timing columns come from pytest-benchmark's own statistics (p10/p90 from the raw data when the file
-has it: ``--benchmark-save-data``). Benchmarks without those fields (not ours) are refused by name.
+tests/benchmarks/test_models.py puts each benchmark's result row (results.make_row, timing aside)
+into its ``extra_info``: the case's fields (framework, model, sizes, mode, precision, compile,
+device, threads, implementation) and what was measured (memory, counted FLOPs, versions). Here the
+row is built again by results.make_row from those, with the timing columns from pytest-benchmark's
+own statistics (p10/p90 from the raw data when the file has it: ``--benchmark-save-data``).
+Benchmarks without the case's fields (not ours) are refused by name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from . import results
 
 REQUIRED = ("framework", "model", "image_size", "batch_size", "mode", "precision", "compile", "device")
+# the extra_info keys that are figures of the measurement (the rest are the case, or derived by make_row)
+MEASURED = tuple(k for k in results.COLUMNS if k not in results.CASE_FIELDS and k not in results.DERIVED)
 
 
 def rows_from_benchmark_json(data: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
@@ -29,29 +33,25 @@ def rows_from_benchmark_json(data: dict[str, Any], run_id: str) -> list[dict[str
     rows = []
     for bench in data["benchmarks"]:
         extra = bench.get("extra_info") or {}
+        name = bench.get("fullname", bench.get("name"))
         missing = [k for k in REQUIRED if k not in extra]
         if missing:
-            raise ValueError(f"benchmark {bench.get('fullname', bench.get('name'))!r}: extra_info lacks "
+            raise ValueError(f"benchmark {name!r}: extra_info lacks "
                              f"{', '.join(missing)}; only tests/benchmarks/test_models.py benchmarks can be ingested")
         stats = bench.get("stats") or {}
         raw = stats.get("data")
         p10 = p90 = None
         if raw:
             p10, p90 = (float(v) for v in np.percentile(np.asarray(raw, dtype=float), [10, 90]))
-        median = stats.get("median")
-        row = {k: extra.get(k) for k in results.COLUMNS if k in extra}
-        row.update({
-            "run_id": run_id,
-            "case_id": "|".join(str(extra[k]) for k in REQUIRED) + f"|t{extra.get('threads')}",
-            "device_name": extra.get("device_name") or machine.get("cpu", {}).get("brand_raw"),
-            "status": "ok",
-            "step_time_median_s": median, "step_time_iqr_s": stats.get("iqr"),
-            "step_time_p10_s": p10, "step_time_p90_s": p90, "n_steps": stats.get("rounds"),
-            "images_per_s": extra["batch_size"] / median if median else None,
-            "train_s_per_1024": median * 1024 / extra["batch_size"] if median and extra["mode"] == "train" else None,
-            "git_commit": extra.get("git_commit") or commit,
-            "timestamp": timestamp,
-        })
+        measured = {k: extra[k] for k in MEASURED if k in extra}
+        measured.update({"status": "ok", "host": extra.get("host") or machine.get("node"),
+                         "step_time_median_s": stats.get("median"), "step_time_iqr_s": stats.get("iqr"),
+                         "step_time_p10_s": p10, "step_time_p90_s": p90, "n_steps": stats.get("rounds")})
+        try:
+            row = results.make_row(extra, measured, run_id=run_id, commit=extra.get("git_commit") or commit,
+                                   device_name=machine.get("cpu", {}).get("brand_raw"), timestamp=timestamp)
+        except ValueError as exc:
+            raise ValueError(f"benchmark {name!r}: {exc}") from None
         rows.append(row)
     return rows
 

@@ -36,8 +36,11 @@ from typing import Any, Callable, Iterable, Mapping
 # Every row has every column (None where it does not apply). Order is the CSV's.
 COLUMNS: dict[str, str] = {
     "run_id": "the run directory's name",
-    "case_id": "stable id of the case within a sweep: model|framework|size|batch|mode|precision|compile|device",
+    "case_id": "stable id of the case within a sweep: model|framework|size|batch|mode|precision|compile|device|"
+               "t<threads>, then |<implementation> when that is not ours (results.case_id)",
     "framework": "torch, tensorflow or jax",
+    "implementation": "whose code computed the case: ours, or a peer's (timm, lambda_networks, "
+                      "lambda_networks_keras); rows written before this column are ours",
     "framework_version": "the framework's version as installed",
     "model": "a registered preset name (layers and models: lambda-bench list / models)",
     "family": "resnet, lambda_resnet, mhsa_resnet, sasa_resnet, axial_resnet, efficientnet; layer for layers",
@@ -225,6 +228,34 @@ def read_rows(run_dir: Path | str, problems: list[BadLine] | None = None) -> lis
     return rows
 
 
+# --- building rows ------------------------------------------------------------------------------
+
+# What a row is a measurement of: the fields of a sweep case (runner.Case, the worker's case JSON, a
+# benchmark's extra_info), in case_id order.
+CASE_FIELDS = ("model", "framework", "image_size", "batch_size", "mode", "precision", "compile", "device",
+               "threads", "implementation")
+OURS = "ours"  # the implementation of every case that names none, and of rows written before the column
+# Columns make_row derives (from the case, the median step time or its own arguments): never measured.
+DERIVED = ("run_id", "case_id", "kind", "family", "mixer", "images_per_s", "train_s_per_1024", "git_commit",
+           "timestamp")
+ERROR_LIMIT = 4000  # characters of error text a row keeps (a crash's output can be megabytes)
+
+
+def _field(case: Any, name: str) -> Any:
+    value = case.get(name) if isinstance(case, Mapping) else getattr(case, name, None)
+    return OURS if name == "implementation" and value is None else value
+
+
+def case_id(case: Any) -> str:
+    """The stable id of a case (a runner.Case, a case mapping or a row):
+    model|framework|size|batch|mode|precision|compile|device|t<threads>, then |<implementation> for a
+    peer's code only: the ids of runs written before implementations existed stay the same, so
+    --resume and `lambda-bench compare` still match them."""
+    parts = [str(_field(case, k)) for k in CASE_FIELDS[:8]] + [f"t{_field(case, 'threads')}"]
+    implementation = _field(case, "implementation")
+    return "|".join(parts if implementation == OURS else [*parts, str(implementation)])
+
+
 def model_labels(model: str) -> dict[str, str]:
     """kind, family and mixer of a registered model or layer name ({} for a name not registered)."""
     from . import zoo
@@ -238,22 +269,102 @@ def model_labels(model: str) -> dict[str, str]:
     return {}
 
 
+def analytic_columns(model: str, image_size: int | None, batch_size: int | None) -> dict[str, Any]:
+    """params and flops_analytic of a registered model or layer at this size, from its spec (no
+    framework needed: a case that never ran has them too); {} for a name not registered or a size
+    its spec refuses."""
+    from . import counting, zoo
+
+    if model not in zoo.MODELS and model not in zoo.PRESETS:
+        return {}
+    try:
+        spec_case = zoo.case(model, image_size, batch_size)
+    except ValueError:
+        return {}
+    return {"params": counting.params(spec_case.spec),
+            "flops_analytic": counting.flops(spec_case.spec, spec_case.height, spec_case.width)}
+
+
+def counted_flops_columns(counted: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """flops_counted (per image) and flops_counter from a step's ``count_flops()`` (FLOPs of the
+    whole batch, the counter's name, what it misses or adds)."""
+    flops = counted.get("flops")
+    return {"flops_counted": None if flops is None else flops / batch_size,
+            "flops_counter": f"{counted.get('counter', '')}: {counted.get('note', '')}".strip(": ")}
+
+
+def derived_figures(row: Mapping[str, Any]) -> dict[str, float]:
+    """images_per_s and, for a train row, train_s_per_1024 from an ok row's median step time and
+    batch size ({} for a row without a positive median)."""
+    median, batch = row.get("step_time_median_s"), row.get("batch_size")
+    if row.get("status") != "ok" or isinstance(median, bool) or not isinstance(median, (int, float)) \
+            or not median > 0 or isinstance(batch, bool) or not isinstance(batch, int):
+        return {}
+    out = {"images_per_s": batch / median}
+    if row.get("mode") == "train":
+        out["train_s_per_1024"] = median * 1024 / batch
+    return out
+
+
+def make_row(case: Any, measured: Mapping[str, Any], *, run_id: str | None, commit: str | None,
+             device_name: str | None = None, timestamp: str | None = None) -> dict[str, Any]:
+    """The result row of ``case`` measured as ``measured``: the one place a row is built (the runner,
+    ingest and the pytest-benchmark suite call it; rows are stored as built and read as stored).
+
+    ``case``: a runner.Case or a mapping with CASE_FIELDS (implementation: ours where it names none).
+    ``measured``: what a worker, its executor or pytest-benchmark measured: status, error and raw
+    figures (any column but CASE_FIELDS and DERIVED), and the worker's ``pinned_cpus``: the row's
+    threads are how many CPUs the worker got (a remote machine may give fewer than the case asked;
+    the case_id keeps what it asked). ``device_name`` names the device where the measurement does
+    not (an executor names its node's).
+
+    Added here: the case's fields and case_id, kind/family/mixer from the registry, params and
+    flops_analytic from the spec where the measurement has none, images_per_s and train_s_per_1024
+    from the median step time, the error text cut to ERROR_LIMIT characters, every column of COLUMNS
+    (None where it does not apply). ValueError names a measured key the schema does not take from a
+    measurement, or a status not in STATUSES."""
+    given = {k: v for k, v in measured.items() if v is not None}
+    pinned = given.pop("pinned_cpus", None)
+    for key in sorted(given):
+        if key not in COLUMNS:
+            raise ValueError(f"measured {key!r}: not a column of the result schema (results.COLUMNS)")
+        if key in CASE_FIELDS or key in DERIVED:
+            what = "a field of the case" if key in CASE_FIELDS else "derived from the case and the step time"
+            raise ValueError(f"measured {key!r}: {what}, not a measurement; make_row fills it")
+    if given.get("status") not in STATUSES:
+        raise ValueError(f"measured status {given.get('status')!r}: must be one of {', '.join(STATUSES)}")
+    row = blank_row(**{k: _field(case, k) for k in CASE_FIELDS})
+    row.update(model_labels(row["model"]), run_id=run_id, case_id=case_id(case), device_name=device_name,
+               git_commit=commit, timestamp=timestamp or utc_now())
+    if "params" not in given or "flops_analytic" not in given:
+        row.update(analytic_columns(row["model"], row["image_size"], row["batch_size"]))
+    row.update(given)
+    if pinned:
+        row["threads"] = len(pinned)
+    row.update(derived_figures(row))
+    if row["error"] is not None and len(str(row["error"])) > ERROR_LIMIT:
+        row["error"] = str(row["error"])[:ERROR_LIMIT - 3] + "..."
+    return row
+
+
 def complete_row(row: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """``row`` with the columns an older version did not write filled where they follow from the
-    others (labels from the registry, throughput from the step time); nothing present is changed."""
+    others, by the rules make_row applies (labels from the registry, implementation ours, the
+    case_id, throughput from the step time); nothing present is changed."""
     out = dict(row)
     if out.get("run_id") is None and run_id:
         out["run_id"] = run_id
+    if out.get("implementation") is None:
+        out["implementation"] = OURS
+    if out.get("case_id") is None and all(out.get(k) is not None for k in CASE_FIELDS[:8]):
+        out["case_id"] = case_id(out)
     if isinstance(out.get("model"), str) and any(out.get(k) is None for k in ("kind", "family", "mixer")):
         for key, value in model_labels(out["model"]).items():
             if out.get(key) is None:
                 out[key] = value
-    median, batch = out.get("step_time_median_s"), out.get("batch_size")
-    if out.get("status") == "ok" and isinstance(median, (int, float)) and median > 0 and isinstance(batch, int):
-        if out.get("images_per_s") is None:
-            out["images_per_s"] = batch / median
-        if out.get("mode") == "train" and out.get("train_s_per_1024") is None:
-            out["train_s_per_1024"] = median * 1024 / batch
+    for key, value in derived_figures(out).items():
+        if out.get(key) is None:
+            out[key] = value
     return out
 
 

@@ -50,8 +50,7 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        return "|".join(str(v) for v in (self.model, self.framework, self.image_size, self.batch_size, self.mode,
-                                          self.precision, self.compile, self.device, f"t{self.threads}"))
+        return results.case_id(self)
 
     def describe(self) -> str:
         return (f"{self.model} {self.framework}/{self.compile} {self.mode} {self.precision} {self.device} "
@@ -278,7 +277,8 @@ WORKER = (sys.executable, "-m", "lambda_bench.worker")
 
 
 def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Measure one case in a fresh process; always returns a row (the worker's, or crashed/timeout).
+    """Measure one case in a fresh process; always returns what was measured (the worker's figures, or a
+    crashed/timeout status) for results.make_row, with the wall time of the whole worker process.
     ``worker``: the worker command (default WORKER, looked up when called)."""
     worker = worker or WORKER
     payload = {**dataclasses.asdict(case), "seed": sweep.seed, "timing": dataclasses.asdict(sweep.timing),
@@ -300,12 +300,7 @@ def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) ->
                 _kill_group(proc)  # nothing the worker started may outlive the case
         wall = time.perf_counter() - start
         if result_path.exists():
-            row = json.loads(result_path.read_text())
-            pinned = row.pop("pinned_cpus", None)
-            if pinned:
-                row["threads"] = len(pinned)  # what the worker got, which a remote machine may limit
-            row["wall_s"] = wall
-            return row
+            return {**json.loads(result_path.read_text()), "wall_s": wall}
         tail = log_path.read_text(errors="replace")[-1500:].strip()
         if code < 0:
             name = signal.Signals(-code).name
@@ -322,17 +317,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
-
-
-def case_row(case: Case, run_id: str, measured: Mapping[str, Any], commit: str | None, device_name: str) -> dict[str, Any]:
-    row = {"run_id": run_id, "case_id": case.case_id, "framework": case.framework, "model": case.model,
-           **results.model_labels(case.model), "image_size": case.image_size, "batch_size": case.batch_size,
-           "mode": case.mode, "precision": case.precision, "compile": case.compile, "device": case.device,
-           "device_name": device_name, "threads": case.threads, "git_commit": commit, "timestamp": results.utc_now()}
-    row.update({k: v for k, v in measured.items() if k in results.COLUMNS})
-    if row.get("error") and len(str(row["error"])) > 4000:
-        row["error"] = str(row["error"])[:3997] + "..."
-    return row
 
 
 def device_names() -> dict[str, str]:
@@ -383,8 +367,9 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
                 f"{preflight.summary(blocked[c.case_id] for c in impossible)}")
             for case in impossible:
                 status, reason = blocked[case.case_id]
-                measured = {"status": status, "error": reason, "wall_s": 0.0, **_analytic(case)}
-                _append(store, case_row(case, run_id, measured, commit, names.get(case.device, case.device)))
+                _append(store, results.make_row(case, {"status": status, "error": reason, "wall_s": 0.0},
+                                                run_id=run_id, commit=commit,
+                                                device_name=names.get(case.device, case.device)))
             todo = [c for c in todo if c.case_id not in blocked]
         total, skipped = len(sweep.cases), len(sweep.cases) - len(todo)
         started = time.perf_counter()
@@ -405,7 +390,8 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
             host_env = measured.pop(executors.HOST_ENV, None)
             if host_env and measured.get("host"):
                 store.add_host(measured["host"], host_env)
-            row = case_row(case, run_id, measured, commit, names.get(case.device, case.device))
+            row = results.make_row(case, measured, run_id=run_id, commit=commit,
+                                   device_name=names.get(case.device, case.device))
             _append(store, row)
             finished += 1
             if not progress:
@@ -431,15 +417,6 @@ def _say_unreadable(bad: list[results.BadLine], todo: set[str], say: Callable[[s
         say(f"measured again because their lines are unreadable: {', '.join(again)}")
     elif any(b.case_id is None for b in bad):
         say("no case can be read from some of these lines: any case they held is measured again")
-
-
-def _analytic(case: Case) -> dict[str, Any]:
-    """The columns a worker fills before it needs the framework (params, analytic FLOPs)."""
-    from . import counting
-
-    zcase = zoo.case(case.model, case.image_size, case.batch_size)
-    return {"params": counting.params(zcase.spec),
-            "flops_analytic": counting.flops(zcase.spec, zcase.height, zcase.width)}
 
 
 def _append(store: results.Store, row: Mapping[str, Any]) -> None:

@@ -85,27 +85,24 @@ def classify(exc: BaseException) -> str:
     return "oom" if any(m in text for m in OOM_MARKERS) else "error"
 
 
-def error_text(exc: BaseException, limit: int = 2000) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()  # results.make_row cuts what a row keeps
 
 
 def measure(case: dict[str, Any]) -> dict[str, Any]:
-    """The result row's measured columns for ``case`` (keys of lambda_bench.results.COLUMNS)."""
-    from lambda_bench import counting, zoo
+    """What running ``case`` measured: status, error and the raw figures (timing, memory, counted
+    FLOPs, the framework's version); lambda_bench.results.make_row turns them and the case into a row."""
+    from lambda_bench import results, zoo
     from lambda_bench.backend import FrameworkUnavailable, get_backend
     from lambda_bench.measure import interference, memory, steps
     from lambda_bench.measure.timing import TimingConfig
 
     row: dict[str, Any] = {}
     zcase = zoo.case(case["model"], case.get("image_size"), case["batch_size"])
-    spec = zcase.spec
-    row["params"] = counting.params(spec)
-    row["flops_analytic"] = counting.flops(spec, zcase.height, zcase.width)
     try:
         backend = get_backend(case["framework"])
     except FrameworkUnavailable as exc:
-        return {**row, "status": "unavailable", "error": str(exc)}
+        return {"status": "unavailable", "error": str(exc)}
     backend.configure(case.get("threads"))
     row["framework_version"] = backend.device_info().get("version")
     try:
@@ -145,14 +142,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         # the synthetic loss can diverge (a global lambda layer at 32 px and up, SGD at lr 0.01); the
         # step's work is the same and NaN/inf arithmetic runs at full speed, so the timing stands
         notes.append(f"the synthetic training loss diverged to {step.loss()} (timing unaffected)")
-    median = row["step_time_median_s"]
-    row["images_per_s"] = case["batch_size"] / median
-    if case["mode"] == "train":
-        row["train_s_per_1024"] = median * 1024 / case["batch_size"]
-    counted = step.count_flops()
-    if counted.get("flops") is not None:
-        row["flops_counted"] = counted["flops"] / case["batch_size"]
-    row["flops_counter"] = f"{counted.get('counter', '')}: {counted.get('note', '')}".strip(": ")
+    row.update(results.counted_flops_columns(step.count_flops(), case["batch_size"]))
     if row["recompilations"]:
         notes.append(f"{row['recompilations']} recompilation(s) inside the timed loop")
     if notes:
@@ -175,13 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     usable = len(_affinity()) or (os.cpu_count() or 1)
     cpus = _pin(case.get("threads"), case["device"])
     _limit_memory(case.get("memory_limit_bytes"))
-    start = time.perf_counter()
     try:
         row = measure(case)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
         row = {"status": classify(exc), "error": error_text(exc)}
         traceback.print_exc()
-    row["wall_s"] = time.perf_counter() - start
+    # wall_s is the runner's: it times the whole worker process, start-up and imports included
     row["pinned_cpus"] = cpus
     row["thread_policy"] = thread_policy(cpus, usable)
     tmp = argv[1] + ".tmp"

@@ -46,9 +46,11 @@ def test_missing_framework_gives_an_unavailable_row(monkeypatch):
         raise FrameworkUnavailable(f"framework={name!r}: cannot import it (No module named {name!r})")
 
     monkeypatch.setattr("lambda_bench.backend.get_backend", missing)
-    row = worker.measure({"model": "lambda_conv", "framework": "jax", "image_size": 8, "batch_size": 2,
-                          "mode": "infer", "precision": "fp32", "compile": "compiled", "device": "cpu"})
-    assert row["status"] == "unavailable" and "No module named" in row["error"]
+    case = {"model": "lambda_conv", "framework": "jax", "image_size": 8, "batch_size": 2, "mode": "infer",
+            "precision": "fp32", "compile": "compiled", "device": "cpu", "threads": 1}
+    measured = worker.measure(case)
+    assert measured["status"] == "unavailable" and "No module named" in measured["error"]
+    row = results.make_row(case, measured, run_id="r", commit=None)
     assert row["params"] > 0 and row["flops_analytic"] > 0  # what needs no framework is still filled in
 
 

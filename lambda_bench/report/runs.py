@@ -9,14 +9,12 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .. import results, zoo
+from .. import results
 
 # A panel never mixes these: numbers from different devices, frameworks or precisions are not comparable.
 PANEL = ["device_name", "framework", "precision"]
 # Everything that makes two measurements of one model comparable.
 SETTINGS = ["device_name", "device", "framework", "precision", "compile", "mode", "image_size", "batch_size"]
-# Measurement-quality columns; rows written before they existed lack them and count as clean.
-QUALITY = {"interference": "float64", "rel_iqr": "float64", "remeasured": "Int64", "flags": "str"}
 
 
 def flagged(rows: pd.DataFrame) -> pd.Series:
@@ -57,26 +55,13 @@ def load_runs(run_dirs: Iterable[str | Path]) -> tuple[pd.DataFrame, list[tuple[
 
 
 def _complete(rows: pd.DataFrame) -> pd.DataFrame:
-    """Fill what a row may lack (older or hand-written rows; results.load fills what the registry
-    knows) so that grouping never drops a row for a missing label."""
+    """Rows ready to group by: results.load has filled what follows from the registry and the step
+    time (results.complete_row); what is still empty (a model or layer this version does not
+    register, a column a hand-written row left out) gets a placeholder, so that grouping never drops
+    a row for a missing label."""
     rows = rows.copy()
-    labels = ("status", "kind", "family", "mixer", "device_name", "device", "framework", "precision", "compile", "mode")
-    for col in labels:  # object, so that a column an older version left empty (all NaN) takes text
-        rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
-    for col, dtype in QUALITY.items():
-        if col not in rows.columns:
-            rows[col] = "" if dtype == "str" else None
-        if dtype == "str":
-            rows[col] = rows[col].fillna("").astype(str)
-        else:
-            rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(dtype)
-    rows["status"] = rows["status"].fillna("unknown")
-    is_layer = rows["kind"].eq("layer") | (rows["kind"].isna() & rows["model"].isin(zoo.PRESETS))
-    rows["kind"] = rows["kind"].where(rows["kind"].notna(), is_layer.map({True: "layer", False: "model"}))
-    family = rows["model"].map(lambda m: zoo.family(zoo.MODELS[m]) if m in zoo.MODELS else None)
-    rows["family"] = rows["family"].fillna(family).where(rows["family"].notna() | rows["kind"].ne("layer"), "layer")
-    rows["family"] = rows["family"].fillna("other")
-    rows["mixer"] = rows["mixer"].where(rows["mixer"].notna() | rows["kind"].ne("layer"), rows["model"])
-    for col in ("mixer", "device_name", "device", "framework", "precision", "compile", "mode"):
-        rows[col] = rows[col].fillna("?")
+    placeholders = {"kind": "model", "family": "other", "mixer": "?", "device_name": "?", "device": "?",
+                    "framework": "?", "precision": "?", "compile": "?", "mode": "?"}
+    for col, text in placeholders.items():  # object, so that a column left all empty (NaN) takes text
+        rows[col] = rows[col].astype(object).where(rows[col].notna(), text)
     return rows

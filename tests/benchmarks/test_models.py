@@ -6,9 +6,9 @@ backend's synchronised step).
     lambda-bench ingest bench.json --out results/bench
 
 Small inputs by default; ``--lambda-bench-large`` measures the models at their published image size
-and the layers at 56x56. Each benchmark's extra_info carries the result-row fields (framework,
-precision, compile mode, threads, params, analytic and counted FLOPs, peak memory with its source),
-grouped by model. Unlike `lambda-bench run`, every case runs in this one process: peak memory here is
+and the layers at 56x56. Each benchmark's extra_info carries its result row (results.make_row:
+the case, labels, params, analytic and counted FLOPs, peak memory with its source; the timing is
+pytest-benchmark's, added by `lambda-bench ingest`), grouped by model. Unlike `lambda-bench run`, every case runs in this one process: peak memory here is
 the allocator's on a GPU and, on CPU, this process's resident peak during the case, which earlier
 cases can mask (the source says so); the isolated figures come from `lambda-bench run`.
 """
@@ -16,10 +16,11 @@ cases can mask (the source says so); the isolated figures come from `lambda-benc
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
-from lambda_bench import counting, results, zoo
+from lambda_bench import results, zoo
 from lambda_bench.backend import FRAMEWORKS
 from lambda_bench.equivalence import installed_frameworks
 from lambda_bench.measure import memory
@@ -72,17 +73,15 @@ def test_step(benchmark, configured, request, framework, name, mode):
     device_peak, source = step.peak_memory()
     if device_peak is None:
         device_peak, source = resident.peak(), "cpu: in-process peak RSS during this benchmark (not isolated)"
-    counted = step.count_flops()
-    info = backend.device_info()
-    benchmark.extra_info.update(
-        framework=framework, framework_version=info.get("version"), model=name,
-        family=zoo.family(case.spec) if case.is_model else "layer", kind="model" if case.is_model else "layer",
-        image_size=case.height, batch_size=batch, mode=mode, precision="fp32", compile=compile_mode,
-        device="cpu", device_name=results.cpu_name(), threads=THREADS, params=counting.params(case.spec),
-        flops_analytic=counting.flops(case.spec, case.height, case.width),
-        flops_counted=None if counted.get("flops") is None else counted["flops"] / batch,
-        flops_counter=f"{counted.get('counter', '')}: {counted.get('note', '')}",
-        peak_mem_bytes=device_peak, mem_source=source, git_commit=_COMMIT)
+    measured = {"status": "ok", "framework_version": backend.device_info().get("version"),
+                "host": socket.gethostname(), "peak_mem_bytes": device_peak, "mem_source": source,
+                **results.counted_flops_columns(step.count_flops(), batch)}
+    row = results.make_row({"model": name, "framework": framework, "image_size": case.height, "batch_size": batch,
+                            "mode": mode, "precision": "fp32", "compile": compile_mode, "device": "cpu",
+                            "threads": THREADS}, measured, run_id=None, commit=_COMMIT,
+                           device_name=results.cpu_name())
+    # the run id and the time are the ingesting run's; the timing is pytest-benchmark's own
+    benchmark.extra_info.update({k: v for k, v in row.items() if v is not None and k not in ("run_id", "timestamp")})
     if mode == "train":
         loss = step.loss()
         assert loss == loss, f"{framework} {name}: training loss is NaN"
