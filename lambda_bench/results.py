@@ -307,7 +307,7 @@ def derived_figures(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def make_row(case: Any, measured: Mapping[str, Any], *, run_id: str | None, commit: str | None,
-             device_name: str | None = None, timestamp: str | None = None) -> dict[str, Any]:
+             device_name: str | None = None, timestamp: str | None = None, strict: bool = True) -> dict[str, Any]:
     """The result row of ``case`` measured as ``measured``: the one place a row is built (the runner,
     ingest and the pytest-benchmark suite call it; rows are stored as built and read as stored).
 
@@ -322,17 +322,32 @@ def make_row(case: Any, measured: Mapping[str, Any], *, run_id: str | None, comm
     flops_analytic from the spec where the measurement has none, images_per_s and train_s_per_1024
     from the median step time, the error text cut to ERROR_LIMIT characters, every column of COLUMNS
     (None where it does not apply). ValueError names a measured key the schema does not take from a
-    measurement, or a status not in STATUSES."""
+    measurement, or a status not in STATUSES. With ``strict=False`` (the runner: a measurement already
+    taken must not be lost to a worker of another version) such a key is left out and a bad status
+    becomes ``error``, each named in the row's error text."""
     given = {k: v for k, v in measured.items() if v is not None}
     pinned = given.pop("pinned_cpus", None)
+    dropped = []
     for key in sorted(given):
+        problem = None
         if key not in COLUMNS:
-            raise ValueError(f"measured {key!r}: not a column of the result schema (results.COLUMNS)")
-        if key in CASE_FIELDS or key in DERIVED:
+            problem = f"measured {key!r}: not a column of the result schema (results.COLUMNS)"
+        elif key in CASE_FIELDS or key in DERIVED:
             what = "a field of the case" if key in CASE_FIELDS else "derived from the case and the step time"
-            raise ValueError(f"measured {key!r}: {what}, not a measurement; make_row fills it")
+            problem = f"measured {key!r}: {what}, not a measurement; make_row fills it"
+        if problem and strict:
+            raise ValueError(problem)
+        if problem:
+            dropped.append(key)
+            del given[key]
     if given.get("status") not in STATUSES:
-        raise ValueError(f"measured status {given.get('status')!r}: must be one of {', '.join(STATUSES)}")
+        problem = f"measured status {given.get('status')!r}: must be one of {', '.join(STATUSES)}"
+        if strict:
+            raise ValueError(problem)
+        given["status"], given["error"] = "error", "; ".join(filter(None, (problem, given.get("error"))))
+    if dropped:
+        note = f"left out measured key(s) this version's schema does not take: {', '.join(dropped)}"
+        given["error"] = "; ".join(filter(None, (given.get("error"), note)))
     row = blank_row(**{k: _field(case, k) for k in CASE_FIELDS})
     row.update(model_labels(row["model"]), run_id=run_id, case_id=case_id(case), device_name=device_name,
                git_commit=commit, timestamp=timestamp or utc_now())

@@ -390,7 +390,7 @@ def run(sweep: Sweep, out_dir: Path | str, *, resume: bool = False, command: str
             host_env = measured.pop(executors.HOST_ENV, None)
             if host_env and measured.get("host"):
                 store.add_host(measured["host"], host_env)
-            row = results.make_row(case, measured, run_id=run_id, commit=commit,
+            row = results.make_row(case, measured, run_id=run_id, commit=commit, strict=False,
                                    device_name=names.get(case.device, case.device))
             _append(store, row)
             finished += 1

@@ -158,3 +158,12 @@ def test_rows_without_labels_or_a_case_id_are_completed_by_the_same_rules():
     bare = {k: v for k, v in row.items() if k not in ("kind", "family", "mixer", "case_id", "images_per_s",
                                                       "train_s_per_1024", "implementation")}
     assert results.complete_row(bare) == row
+
+
+def test_the_runner_s_rows_keep_a_measurement_from_another_version():
+    # a worker of another version (a Dask node not yet updated): the row is kept, what it cannot hold named
+    row = results.make_row(_case(), {**MEASURED, "future_column": 1.5}, run_id="r", commit=None, strict=False)
+    assert row["status"] == "ok" and row["step_time_median_s"] == MEASURED["step_time_median_s"]
+    assert "future_column" not in row and "left out measured key(s)" in row["error"] and "future_column" in row["error"]
+    odd = results.make_row(_case(), {**MEASURED, "status": "fine"}, run_id="r", commit=None, strict=False)
+    assert odd["status"] == "error" and "measured status 'fine'" in odd["error"]
