@@ -159,12 +159,16 @@ def param_terms(spec: Any) -> dict[str, int]:
             kind = "SE"
         elif layer_kind is not None:
             kind = layer_kind
-        elif len(shape) == 1 and name.endswith((".weight", ".bias")) and name.rsplit(".", 1)[0] + ".running_mean" in shapes:
+        elif len(shape) == 1 and name.endswith((".weight", ".bias")) and _is_norm(name, shapes):
             kind = "BatchNorm"
         else:
             kind = "convolutions"
         terms[kind] = terms.get(kind, 0) + int(np.prod(shape))
     return terms
+
+
+def _is_norm(name: str, shapes: dict) -> bool:
+    return name.rsplit(".", 1)[0] + ".running_mean" in shapes
 
 
 def efficientnet_flops(spec: EfficientNetSpec, image_size: int) -> int:
@@ -254,9 +258,10 @@ def paper_comparison() -> list[dict[str, Any]]:
             family, size = _family(spec), spec.image_size
             row["terms"] = family.flop_terms(spec, size, size) if family.flop_terms else {}
             if family.flop_terms and _lambda_layers(spec):
-                row["alternatives"] = [{"reading": name, "value": sum(family.flop_terms(spec, size, size, **kw).values()),
-                                        "difference": sum(family.flop_terms(spec, size, size, **kw).values()) - r["paper"]}
-                                       for name, kw in FLOP_READINGS.items()]
+                values = {name: sum(family.flop_terms(spec, size, size, **kw).values())
+                          for name, kw in FLOP_READINGS.items()}
+                row["alternatives"] = [{"reading": name, "value": value, "difference": value - r["paper"]}
+                                       for name, value in values.items()]
                 if family.elementwise_flops:
                     row["uncounted"] = family.elementwise_flops(spec, size, size)
             row["explanation"] = _explain_flops(row)

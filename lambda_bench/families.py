@@ -92,7 +92,8 @@ def _describe_lambda(s: LambdaSpec) -> str:
     return ", ".join(parts)
 
 
-def _lambda_flop_terms(s: LambdaSpec, height: int, width: int, *, padding_taps: bool = True, **_: Any) -> dict[str, int]:
+def _lambda_flop_terms(s: LambdaSpec, height: int, width: int, *, padding_taps: bool = True,
+                       **_: Any) -> dict[str, int]:
     # "queries" alone would not say whose queries in a model's breakdown
     return {name if "lambda" in name else f"lambda {name}": value
             for name, value in counting.lambda_flop_terms(s, height, width, padding_taps=padding_taps).items()}
