@@ -23,6 +23,12 @@ from . import weights as canonical
 from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 
 
+def _family(spec: Any):
+    from .families import family_of  # the registry refers to this module's functions
+
+    return family_of(spec)
+
+
 def params(spec: Any) -> int:
     return int(sum(int(np.prod(shape)) for name, shape in canonical.shapes(spec).items()
                    if not canonical.is_buffer(name)))
@@ -71,12 +77,6 @@ def attention_flops(spec: AttentionSpec, height: int, width: int) -> int:
     return 2 * n * 3 * spec.d_out * spec.d_in + 3 * 2 * heads * n * keys * dh
 
 
-def layer_flops(spec: Any, height: int, width: int) -> int:
-    if isinstance(spec, LambdaSpec):
-        return lambda_flops(spec, height, width)
-    return attention_flops(spec, height, width)
-
-
 def resnet_flop_terms(spec: ResNetSpec, image_size: int | None = None, *, mixer_after_pool: bool = False,
                       padding_taps: bool = True) -> dict[str, int]:
     """resnet_flops term by term. Two readings the paper leaves open, for comparison with its counts:
@@ -101,12 +101,9 @@ def resnet_flop_terms(spec: ResNetSpec, image_size: int | None = None, *, mixer_
             terms["3x3 convolutions"] += _conv(h_out, h_out, b.mid, b.mid, 3)
         else:
             grid = h_out if mixer_after_pool else h_in
-            if isinstance(b.mixer_spec, LambdaSpec):
-                for name, value in lambda_flop_terms(b.mixer_spec, grid, grid, padding_taps=padding_taps).items():
-                    key = name if "lambda" in name else f"lambda {name}"
-                    terms[key] = terms.get(key, 0) + value
-            else:
-                terms["attention"] += attention_flops(b.mixer_spec, grid, grid)
+            mixer = b.mixer_spec
+            for name, value in _family(mixer).flop_terms(mixer, grid, grid, padding_taps=padding_taps).items():
+                terms[name] = terms.get(name, 0) + value
         if spec.se:  # on the pooled block output: two 1x1 convs
             terms["SE"] += 2 * 2 * b.d_out * canonical.se_channels(spec, b.d_out)
         if b.downsample:
@@ -127,7 +124,7 @@ def resnet_elementwise_flops(spec: ResNetSpec, image_size: int | None = None) ->
     image_size = image_size or spec.image_size
     s = (image_size + 1) // 2
     batchnorm = spec.width * s * s
-    softmax = 0
+    mixers = {"BatchNorm": 0, "softmax": 0}  # the mixers' own, as their families estimate it
     size = (s + 1) // 2
     for b in spec.blocks():
         h_in = size
@@ -135,11 +132,11 @@ def resnet_elementwise_flops(spec: ResNetSpec, image_size: int | None = None) ->
         batchnorm += b.mid * h_in * h_in + b.mid * h_out * h_out + b.d_out * h_out * h_out
         batchnorm += b.d_out * h_out * h_out if b.downsample else 0
         m = b.mixer_spec
-        if isinstance(m, LambdaSpec):
-            batchnorm += (m.heads * m.k + m.u * m.v) * h_in * h_in
-            softmax += m.u * m.k * h_in * h_in if m.content else 0
+        if m is not None:
+            for name, value in _family(m).elementwise_flops(m, h_in, h_in).items():
+                mixers[name] += value
         size = h_out
-    return {"BatchNorm": 2 * batchnorm, "softmax": 3 * softmax}
+    return {"BatchNorm": 2 * batchnorm + mixers["BatchNorm"], "softmax": mixers["softmax"]}
 
 
 def param_terms(spec: Any) -> dict[str, int]:
@@ -147,49 +144,31 @@ def param_terms(spec: Any) -> dict[str, int]:
     position embeddings (rel_pos_emb, or the lambda convolution with its bias), attention layers,
     SE, the classifier, and the remaining convolutions."""
     terms: dict[str, int] = {}
-    for name, shape in canonical.shapes(spec).items():
+    shapes = canonical.shapes(spec)
+    family = _family(spec)
+    # the layers in the spec by name prefix: a layer is its own, with an empty prefix
+    layers = {"": spec} if family.kind == "layer" else family.sublayers(spec)
+    for name, shape in shapes.items():
         if canonical.is_buffer(name):
             continue
-        last = name.split(".")
+        prefix = next((p for p in layers if name.startswith(p)), None)
+        layer_kind = None if prefix is None else _family(layers[prefix]).param_kind(name[len(prefix):])
         if name.startswith(("fc.", "classifier.")):
             kind = "classifier"
-        elif ".se." in f".{name}" or ".se." in name:
+        elif ".se." in f".{name}":
             kind = "SE"
-        elif "rel_pos_emb" in last or "pos_conv" in last:
-            kind = "lambda embeddings"
-        elif any(p in last for p in ("to_q", "to_k", "to_v")) and _in_lambda(spec, name):
-            kind = {"to_q": "lambda queries", "to_k": "lambda keys", "to_v": "lambda values"}[
-                next(p for p in ("to_q", "to_k", "to_v") if p in last)]
-        elif len(shape) == 1 and last[-1] in ("weight", "bias") and _is_norm(spec, name):
+        elif layer_kind is not None:
+            kind = layer_kind
+        elif len(shape) == 1 and name.endswith((".weight", ".bias")) and _is_norm(name, shapes):
             kind = "BatchNorm"
-        elif ".conv2." in name and _in_attention(spec, name):
-            kind = "attention"
         else:
             kind = "convolutions"
         terms[kind] = terms.get(kind, 0) + int(np.prod(shape))
     return terms
 
 
-def _is_norm(spec: Any, name: str) -> bool:
-    shapes = canonical.shapes(spec)
+def _is_norm(name: str, shapes: dict) -> bool:
     return name.rsplit(".", 1)[0] + ".running_mean" in shapes
-
-
-def _block_mixer(spec: Any, name: str) -> Any:
-    if not isinstance(spec, ResNetSpec):
-        return spec if isinstance(spec, (LambdaSpec, AttentionSpec)) else None
-    for b in spec.blocks():
-        if name.startswith(b.prefix + "conv2."):
-            return b.mixer_spec
-    return None
-
-
-def _in_lambda(spec: Any, name: str) -> bool:
-    return isinstance(_block_mixer(spec, name), LambdaSpec)
-
-
-def _in_attention(spec: Any, name: str) -> bool:
-    return isinstance(_block_mixer(spec, name), AttentionSpec)
 
 
 def efficientnet_flops(spec: EfficientNetSpec, image_size: int) -> int:
@@ -208,14 +187,15 @@ def efficientnet_flops(spec: EfficientNetSpec, image_size: int) -> int:
 
 
 def flops(spec: Any, height: int | None = None, width: int | None = None) -> int:
-    """FLOPs per image; models at ``height`` (square) or their own image size."""
-    if isinstance(spec, ResNetSpec):
-        return resnet_flops(spec, height or spec.image_size)
-    if isinstance(spec, EfficientNetSpec):
-        return efficientnet_flops(spec, height or spec.image_size)
-    if height is None or width is None:
+    """FLOPs per image (its family's count, lambda_bench.families); models at ``height`` (square) or
+    their own image size."""
+    family = _family(spec)
+    if family.kind == "model":
+        height = height or spec.image_size
+        width = width or height
+    elif height is None or width is None:
         raise ValueError("height and width: a layer's FLOPs depend on its input size")
-    return layer_flops(spec, height, width)
+    return family.flops(spec, height, width)
 
 
 # --- the paper's counts beside ours --------------------------------------------------------------
@@ -275,15 +255,24 @@ def paper_comparison() -> list[dict[str, Any]]:
             row["terms"] = param_terms(spec)
             row["explanation"] = _explain_params(row, spec)
         else:
-            row["terms"] = resnet_flop_terms(spec) if isinstance(spec, ResNetSpec) else {}
-            if isinstance(spec, ResNetSpec) and any(isinstance(b.mixer_spec, LambdaSpec) for b in spec.blocks()):
-                row["alternatives"] = [{"reading": name, "value": sum(resnet_flop_terms(spec, **kw).values()),
-                                        "difference": sum(resnet_flop_terms(spec, **kw).values()) - r["paper"]}
-                                       for name, kw in FLOP_READINGS.items()]
-                row["uncounted"] = resnet_elementwise_flops(spec)
+            family, size = _family(spec), spec.image_size
+            row["terms"] = family.flop_terms(spec, size, size) if family.flop_terms else {}
+            if family.flop_terms and _lambda_layers(spec):
+                values = {name: sum(family.flop_terms(spec, size, size, **kw).values())
+                          for name, kw in FLOP_READINGS.items()}
+                row["alternatives"] = [{"reading": name, "value": value, "difference": value - r["paper"]}
+                                       for name, value in values.items()]
+                if family.elementwise_flops:
+                    row["uncounted"] = family.elementwise_flops(spec, size, size)
             row["explanation"] = _explain_flops(row)
         out.append(row)
     return out
+
+
+def _lambda_layers(spec: Any) -> list[Any]:
+    """The lambda layers a model holds: the layers the readings of FLOP_READINGS are about."""
+    family = _family(spec)
+    return [m for m in family.sublayers(spec).values() if _family(m).name == "lambda"] if family.sublayers else []
 
 
 def _explain_params(row: dict, spec: Any) -> str:
@@ -293,7 +282,7 @@ def _explain_params(row: dict, spec: Any) -> str:
     else:
         parts.append(f"ours is {row['difference'] / 1e6:+.3f}M from the paper's {row['printed']}")
     base = _model(_LAMBDA_BASE, {})
-    if isinstance(spec, ResNetSpec) and spec != base and spec.mixers == base.mixers:
+    if _family(spec) is _family(base) and spec != base and spec.mixers == base.mixers:
         mine, theirs = param_terms(spec), param_terms(base)
         changed = {k: mine.get(k, 0) - theirs.get(k, 0) for k in sorted(set(mine) | set(theirs))
                    if mine.get(k, 0) != theirs.get(k, 0)}

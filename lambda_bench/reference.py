@@ -342,20 +342,22 @@ def attention_forward_backward(spec: AttentionSpec, w: Weights, x: np.ndarray, c
 # --- any layer ------------------------------------------------------------------------------------
 
 
+def _family(spec):
+    from .families import family_of  # the registry refers to this module's functions
+
+    family = family_of(spec)
+    if family.kind != "layer":
+        raise ValueError(f"spec of type {type(spec).__name__}: the reference covers single layers only")
+    return family
+
+
 def forward(spec, w: Weights, x: np.ndarray, train: bool = False):
-    """Returns (y, new_running_stats): y NHWC float64; running stats {} in eval mode and for attention."""
-    if isinstance(spec, LambdaSpec):
-        return lambda_forward(spec, w, x, train)
-    if isinstance(spec, AttentionSpec):
-        return attention_forward(spec, w, x, train)
-    raise ValueError(f"spec of type {type(spec).__name__}: the reference covers single layers only")
+    """Returns (y, new_running_stats): y NHWC float64; running stats {} in eval mode and for attention.
+    The layer's family's reference (lambda_bench.families)."""
+    return _family(spec).forward(spec, w, x, train)
 
 
 def forward_backward(spec, w: Weights, x: np.ndarray, cotangent: np.ndarray, train: bool = True):
     """Forward and the gradient of sum(y * cotangent) with respect to the input and every weight:
     (y, grads keyed "input" and canonical weight names, new_running_stats)."""
-    if isinstance(spec, LambdaSpec):
-        return lambda_forward_backward(spec, w, x, cotangent, train)
-    if isinstance(spec, AttentionSpec):
-        return attention_forward_backward(spec, w, x, cotangent, train)
-    raise ValueError(f"spec of type {type(spec).__name__}: the reference covers single layers only")
+    return _family(spec).forward_backward(spec, w, x, cotangent, train)

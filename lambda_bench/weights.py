@@ -36,6 +36,12 @@ from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 BUFFER_SUFFIXES = (".running_mean", ".running_var")
 
 
+def _family(spec):
+    from .families import family_of  # the registry refers to this module's functions
+
+    return family_of(spec)
+
+
 def is_buffer(name: str) -> bool:
     """Running statistics: state, not parameters (no gradient)."""
     return name.endswith(BUFFER_SUFFIXES)
@@ -107,11 +113,6 @@ def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
     return {f"{prefix}.{s}": (channels,) for s in ("weight", "bias", "running_mean", "running_var")}
 
 
-def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
-    """A single mixer layer's canonical shapes (lambda or attention)."""
-    return lambda_shapes(spec) if isinstance(spec, LambdaSpec) else attention_shapes(spec)
-
-
 def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     """torchvision's / timm's state-dict names and (out, in, kh, kw) layouts (num_batches_tracked
     dropped); a non-conv mixer's tensors sit under "layerS.I.conv2." with their layer names;
@@ -136,7 +137,7 @@ def resnet_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
         if b.mixer_spec is None:
             shapes[p + "conv2.weight"] = (b.mid, b.mid, 3, 3)
         else:
-            shapes.update({p + "conv2." + k: v for k, v in layer_shapes(b.mixer_spec).items()})
+            shapes.update({p + "conv2." + k: v for k, v in _family(b.mixer_spec).shapes(b.mixer_spec).items()})
         shapes.update(_bn(p + "bn2", b.mid))
         shapes[p + "conv3.weight"] = (b.d_out, b.mid, 1, 1)
         shapes.update(_bn(p + "bn3", b.d_out))
@@ -190,14 +191,8 @@ def efficientnet_shapes(spec: EfficientNetSpec) -> dict[str, tuple[int, ...]]:
 
 
 def shapes(spec) -> dict[str, tuple[int, ...]]:
-    """Canonical name -> shape for any spec."""
-    if isinstance(spec, (LambdaSpec, AttentionSpec)):
-        return layer_shapes(spec)
-    if isinstance(spec, ResNetSpec):
-        return resnet_shapes(spec)
-    if isinstance(spec, EfficientNetSpec):
-        return efficientnet_shapes(spec)
-    raise ValueError(f"spec of type {type(spec).__name__}: no canonical weights")
+    """Canonical name -> shape for any spec (its family's, lambda_bench.families)."""
+    return _family(spec).shapes(spec)
 
 
 def init_attention(spec: AttentionSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -211,21 +206,21 @@ def init_attention(spec: AttentionSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def init_weights(spec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Initial canonical weights for any spec, drawn in NumPy (identical in every framework).
-    Layers use their papers' initialisations; in models, conv kernels are N(0, sqrt(2 / fan_out))
-    (torchvision's kaiming fan-out), linear layers U(+-1/sqrt(fan_in)), BatchNorm 1 / 0, biases 0,
-    and each mixer layer its own initialisation from a seed derived from its name."""
-    if isinstance(spec, LambdaSpec):
-        return init_lambda(spec, seed)
-    if isinstance(spec, AttentionSpec):
-        return init_attention(spec, seed)
+    """Initial canonical weights for any spec, drawn in NumPy (identical in every framework): its
+    family's initialisation (lambda_bench.families). Layers use their papers' initialisations
+    (init_lambda, init_attention), models init_model."""
+    return _family(spec).init(spec, seed)
+
+
+def init_model(spec, seed: int = 0) -> dict[str, np.ndarray]:
+    """A model's initial weights: conv kernels N(0, sqrt(2 / fan_out)) (torchvision's kaiming
+    fan-out), linear layers U(+-1/sqrt(fan_in)), BatchNorm 1 / 0, biases 0, and each layer it holds
+    (its family's ``sublayers``) that layer's own initialisation from a seed derived from its name."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    mixers = {b.prefix + "conv2.": b.mixer_spec for b in getattr(spec, "blocks", lambda: [])()
-              if getattr(b, "mixer_spec", None) is not None}
-    for prefix, mixer in mixers.items():
+    for prefix, layer in _family(spec).sublayers(spec).items():
         sub_seed = int(rng.integers(2**31))
-        out.update({prefix + k: v for k, v in init_weights(mixer, sub_seed).items()})
+        out.update({prefix + k: v for k, v in init_weights(layer, sub_seed).items()})
     all_shapes = shapes(spec)
     gammas = {name[: -len("running_mean")] + "weight" for name in all_shapes if name.endswith(".running_mean")}
     for name, shape in all_shapes.items():
@@ -272,9 +267,6 @@ def validate(spec, weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"weight {name}: shape {got}, the spec needs {shape}")
 
 
-SPEC_TYPES = {cls.__name__: cls for cls in (LambdaSpec, AttentionSpec, ResNetSpec, EfficientNetSpec)}
-
-
 def spec_to_json(spec) -> str:
     return json.dumps({"type": type(spec).__name__, **dataclasses.asdict(spec)})
 
@@ -288,10 +280,13 @@ def spec_from_json(text: str):
         raise ValueError(f"spec: not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError("spec: not a JSON object")
+    from .families import spec_types
+
+    types = spec_types()
     kind = data.pop("type", "LambdaSpec")
-    if kind not in SPEC_TYPES:
-        raise ValueError(f"spec type={kind!r}: unknown; types are {', '.join(SPEC_TYPES)}")
-    fields = [f.name for f in dataclasses.fields(SPEC_TYPES[kind])]
+    if kind not in types:
+        raise ValueError(f"spec type={kind!r}: unknown; types are {', '.join(types)}")
+    fields = [f.name for f in dataclasses.fields(types[kind])]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"spec key {unknown[0]!r}: not a field of {kind} (another version's spec?); "
@@ -300,7 +295,7 @@ def spec_from_json(text: str):
         if data.get(key) is not None:
             data[key] = tuple(data[key])
     try:
-        return SPEC_TYPES[kind](**data)
+        return types[kind](**data)
     except TypeError as exc:  # a required field missing
         raise ValueError(f"spec of type {kind}: {exc}") from None
 

@@ -1,4 +1,5 @@
-"""The registry: named presets -> a spec and the input it is checked and measured on.
+"""Named presets -> a spec and the input it is checked and measured on (what each kind of spec is,
+its weights, counts, reference and implementations, is its family: lambda_bench.families).
 
 Layers (``PRESETS``) come with a small input; models (``MODELS``) are the full networks at their
 published image size, and ``get()`` returns them at ``CHECK_IMAGE_SIZE`` (batch 2) for equivalence
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .families import family_of
 from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 
 
@@ -34,21 +36,13 @@ class Case:
 
     @property
     def is_model(self) -> bool:
-        return isinstance(self.spec, (ResNetSpec, EfficientNetSpec))
+        return family_of(self.spec).kind == "model"
 
     def describe(self) -> str:
         s = self.spec
         if self.is_model:
             return f"{describe_model(s)}, input {self.batch}x{self.height}x{self.width}"
-        if isinstance(s, LambdaSpec):
-            pos = {"global": f"global {s.size[0]}x{s.size[1]}" if s.size else "global",
-                   "conv": f"conv r={s.r}{'+bias' if s.conv_bias else ''}", "none": "no position"}[s.position]
-            parts = [f"d {s.d_in}->{s.d_out}", f"k={s.k} h={s.heads} u={s.u} v={s.v}", pos]
-            if not s.content:
-                parts.append("position only")
-        else:
-            where = f"window {s.window}x{s.window}" if s.kind == "sasa" else f"size {s.size[0]}x{s.size[1]}"
-            parts = [f"{s.kind} d {s.d_in}->{s.d_out}", f"heads={s.heads} dh={s.dh}", where]
+        parts = [family_of(s).describe(s)]
         if s.stride == 2:
             parts.append(f"stride 2 (pool {s.pool}x{s.pool})")
         parts.append(f"input {self.batch}x{self.height}x{self.width}")
@@ -118,27 +112,13 @@ MODELS: dict[str, Any] = _models()
 
 
 def family(spec: Any) -> str:
-    if isinstance(spec, EfficientNetSpec):
-        return "efficientnet"
-    if isinstance(spec, ResNetSpec):
-        kinds = {m for m in spec.mixers if m != "conv"}
-        if not kinds:
-            return "resnet"
-        return "lambda_resnet" if kinds <= {"lambda", "lambda_conv"} else f"{'+'.join(sorted(kinds))}_resnet"
-    return "layer"
+    """The ``family`` column of a result row: "layer", "resnet", "lambda_resnet", "efficientnet", ..."""
+    return family_of(spec).label(spec)
 
 
 def describe_model(s: Any) -> str:
-    if isinstance(s, EfficientNetSpec):
-        return f"EfficientNet-B{s.variant}"
-    letters = "".join("c" if m == "conv" else "L" for m in s.mixers)
-    mixers = "/".join(dict.fromkeys(m for m in s.mixers if m != "conv")) or "conv"
-    lambdas = any(m in ("lambda", "lambda_conv") for m in s.mixers)
-    extras = [x for x, on in (("SE", s.se), ("ResNet-D stem", s.stem == "deep"),
-                              (f"{s.lambda_terms} lambda only", lambdas and s.lambda_terms != "both"),
-                              (f"|k|={s.lambda_k}", lambdas and s.lambda_k != 16),
-                              (f"|u|={s.lambda_u}", lambdas and s.lambda_u != 1)) if on]
-    return f"ResNet-{s.depth} {mixers} [{letters}]" + "".join(f", {x}" for x in extras)
+    """One line for listings ("ResNet-50 lambda_conv [LLLL]", "EfficientNet-B0")."""
+    return family_of(s).describe(s)
 
 
 # The equivalence cases CI covers (tests/test_equivalence.py; `lambda-bench check --suite`): lambda
@@ -218,9 +198,7 @@ def get(name: str, **overrides: Any) -> Case:
 
 def _fixes_size(spec: Any, changes: dict[str, Any]) -> bool:
     """Whether the layer, with ``changes``, has relative tables that fix its input size."""
-    if isinstance(spec, LambdaSpec):
-        return changes.get("position", spec.position) == "global"
-    return changes.get("kind", spec.kind) != "sasa"
+    return family_of(spec).fixes_size(spec, changes)
 
 
 def _model_case(name: str, **overrides: Any) -> Case:

@@ -25,8 +25,7 @@ from flax import nnx
 from jax.extend.core import ClosedJaxpr, Literal
 
 from implementations.jax._numerics import widen
-from implementations.jax.lambda_layer import LambdaLayer
-from lambda_bench import specs
+from lambda_bench import families
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
@@ -37,19 +36,9 @@ except ImportError:  # pragma: no cover
 
 
 def model_class(spec: Any) -> type:
-    """The module class that builds ``spec`` (imported on demand: one file per family)."""
-    if isinstance(spec, specs.LambdaSpec):
-        return LambdaLayer
-    if isinstance(spec, specs.AttentionSpec):
-        from implementations.jax.attention import attention_class
-        return attention_class(spec)
-    if isinstance(spec, specs.ResNetSpec):
-        from implementations.jax.resnet import ResNet
-        return ResNet
-    if isinstance(spec, specs.EfficientNetSpec):
-        from implementations.jax.efficientnet import EfficientNet
-        return EfficientNet
-    raise ValueError(f"spec of type {type(spec).__name__}: jax cannot build it")
+    """The module class that builds ``spec``: its family's implementation file in this package
+    (lambda_bench.families), imported on demand."""
+    return families.implementation_class(spec, __package__)
 
 
 def _is_float64(model: nnx.Module) -> bool:

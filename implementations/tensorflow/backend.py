@@ -14,28 +14,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lambda_bench import specs
+from lambda_bench import families
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
 from implementations.tensorflow._numerics import default_dtype
-from implementations.tensorflow.lambda_layer import LambdaLayer
 
 
 def model_class(spec: Any) -> type:
-    """The layer class that builds ``spec`` (imported on demand: one file per family)."""
-    if isinstance(spec, specs.LambdaSpec):
-        return LambdaLayer
-    if isinstance(spec, specs.AttentionSpec):
-        from implementations.tensorflow.attention import attention_class
-        return attention_class(spec)
-    if isinstance(spec, specs.ResNetSpec):
-        from implementations.tensorflow.resnet import ResNet
-        return ResNet
-    if isinstance(spec, specs.EfficientNetSpec):
-        from implementations.tensorflow.efficientnet import EfficientNet
-        return EfficientNet
-    raise ValueError(f"spec of type {type(spec).__name__}: tensorflow cannot build it")
+    """The module class that builds ``spec``: its family's implementation file in this package
+    (lambda_bench.families), imported on demand."""
+    return families.implementation_class(spec, __package__)
 
 
 def _input(model: keras.layers.Layer, x: np.ndarray) -> tf.Tensor:

@@ -12,28 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lambda_bench import specs
+from lambda_bench import families
 from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
 from ._numerics import DTYPES, as_float
-from .lambda_layer import LambdaLayer
 
 
 def model_class(spec: Any) -> type:
-    """The module class that builds ``spec`` (imported on demand: one file per family)."""
-    if isinstance(spec, specs.LambdaSpec):
-        return LambdaLayer
-    if isinstance(spec, specs.AttentionSpec):
-        from .attention import attention_class
-        return attention_class(spec)
-    if isinstance(spec, specs.ResNetSpec):
-        from .resnet import ResNet
-        return ResNet
-    if isinstance(spec, specs.EfficientNetSpec):
-        from .efficientnet import EfficientNet
-        return EfficientNet
-    raise ValueError(f"spec of type {type(spec).__name__}: torch cannot build it")
+    """The module class that builds ``spec``: its family's implementation file in this package
+    (lambda_bench.families), imported on demand."""
+    return families.implementation_class(spec, __package__)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
