@@ -18,7 +18,6 @@ import warnings
 from typing import Any, Sequence
 
 from . import zoo
-from .specs import AttentionSpec, EfficientNetSpec, LambdaSpec, ResNetSpec
 
 
 class UsageError(ValueError):
@@ -56,9 +55,10 @@ _PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "tuple[
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`key=value` strings -> typed spec/case overrides (types from LambdaSpec's annotations)."""
-    types = {f.name: f.type for cls in (LambdaSpec, AttentionSpec, ResNetSpec, EfficientNetSpec)
-             for f in dataclasses.fields(cls)}
+    """`key=value` strings -> typed spec/case overrides (types from the registered spec types' annotations)."""
+    from . import families
+
+    types = {f.name: f.type for cls in families.spec_types().values() for f in dataclasses.fields(cls)}
     types.update({name: "int" for name in zoo.CASE_FIELDS})
     out: dict[str, Any] = {}
     for pair in pairs:
