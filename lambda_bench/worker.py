@@ -92,13 +92,15 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
 
 def measure(case: dict[str, Any]) -> dict[str, Any]:
     """The result row's measured columns for ``case`` (keys of lambda_bench.results.COLUMNS)."""
-    from lambda_bench import counting, zoo
+    from lambda_bench import counting
     from lambda_bench.backend import FrameworkUnavailable, get_backend
     from lambda_bench.measure import interference, memory, steps
     from lambda_bench.measure.timing import TimingConfig
+    from lambda_bench.runner import zoo_case
 
     row: dict[str, Any] = {}
-    zcase = zoo.case(case["model"], case.get("image_size"), case["batch_size"])
+    zcase = zoo_case(case["model"], case.get("image_size"), case["batch_size"],
+                     [tuple(pair) for pair in case.get("spec_options", ())])
     spec = zcase.spec
     row["params"] = counting.params(spec)
     row["flops_analytic"] = counting.flops(spec, zcase.height, zcase.width)
@@ -110,7 +112,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     row["framework_version"] = backend.device_info().get("version")
     try:
         step = backend.prepare(zcase, mode=case["mode"], precision=case["precision"], compile=case["compile"],
-                               device=case["device"], seed=case.get("seed", 0))
+                               device=case["device"], seed=case.get("seed", 0),
+                               implementation=case.get("implementation", "ours"))
     except steps.Unsupported as exc:
         return {**row, "status": "unsupported", "error": str(exc)}
 
