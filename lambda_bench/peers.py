@@ -159,7 +159,8 @@ def to_lucidrains(spec: LambdaSpec, w: Weights) -> Weights:
 # canonical name -> (Keras attribute path, canonical -> Keras layout, Keras -> canonical layout)
 _KERAS_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 KERAS_VARIABLES: dict[str, tuple[tuple[str, str], Any, Any]] = {
-    **{f"{p}.weight": ((p, "kernel"), lambda a: a.T[None, None], lambda a: a[0, 0].T) for p in ("to_q", "to_k", "to_v")},
+    **{f"{p}.weight": ((p, "kernel"), lambda a: a.T[None, None], lambda a: a[0, 0].T)  # (1, 1, in, out)
+       for p in ("to_q", "to_k", "to_v")},
     **{f"{p}.{ours}": ((p, theirs), lambda a: a, lambda a: a) for p in ("norm_q", "norm_v")
        for ours, theirs in _KERAS_NORM.items()},
     "pos_conv.weight": (("pos_conv", "kernel"), lambda a: a.transpose(2, 3, 1, 0)[None],  # (1, r, r, u, k)

@@ -81,8 +81,14 @@ def zoo_case(model: str, image_size: int | None = None, batch: int | None = None
 
 
 def format_spec_options(options: Iterable[tuple[str, Any]]) -> str:
-    """((r, 23), (d_in, 64)) -> "d_in=64,r=23" (parse_spec_options reads it back)."""
-    return ",".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(options))
+    """((r, 23), (d_in, 64), (size, (4, 5))) -> "d_in=64,r=23,size=4x5" (parse_spec_options reads it back;
+    a tuple of names joins with "+")."""
+    def text(v: Any) -> str:
+        if isinstance(v, tuple):
+            return ("x" if all(isinstance(p, int) for p in v) else "+").join(map(str, v))
+        return str(v)
+
+    return ",".join(f"{k}={text(v)}" for k, v in sorted(options))
 
 
 def parse_spec_options(text: str | None) -> tuple[tuple[str, Any], ...]:
@@ -94,11 +100,14 @@ def parse_spec_options(text: str | None) -> tuple[tuple[str, Any], ...]:
             out.append((key, value == "True"))
             continue
         try:
-            number = float(value) if any(c in value for c in ".e") else int(value)
+            parsed: Any = float(value) if any(c in value for c in ".e") else int(value)
         except ValueError:
-            parts = value.split("x")
-            number = tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else value
-        out.append((key, number))
+            sizes = value.split("x")
+            if len(sizes) > 1 and all(p.isdigit() for p in sizes):
+                parsed = tuple(int(p) for p in sizes)
+            else:
+                parsed = tuple(value.split("+")) if "+" in value else value
+        out.append((key, parsed))
     return tuple(sorted(out))
 
 
@@ -170,19 +179,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 # our lambda layers against timm's and lambda-networks' (lambda_bench.peers), each peer built from the
 # same canonical weights as ours: the lambda convolution r = 23 (with the bias the peers always have)
 # over the channel/resolution pairs of a ResNet's stages, and global embeddings at d 256, 16x16;
-# batch 8, 2 threads, |k| 16, |h| 4, |u| 1. TensorFlow runs eager and tf.function as Keras users do.
+# batch 8, 2 threads, |k| 16, |h| 4, |u| 1. Every framework in its usual compile mode, with the
+# implementations it has; TensorFlow eager too, as Keras users also run it.
 PEER_LAYERS = (("lambda_conv", 56, 64), ("lambda_conv", 28, 128), ("lambda_conv", 16, 256),
                ("lambda_conv", 7, 512), ("lambda", 16, 256))
-PEER_IMPLEMENTATIONS = {"torch": (["ours", "timm", "lambda_networks"], ["eager"]),
-                        "tensorflow": (["ours", "lambda_networks_keras"], ["eager", "compiled"]),
-                        "jax": (["ours"], ["compiled"])}
+
+
+def _peer_groups() -> list[dict[str, Any]]:
+    groups = []
+    for model, size, d in PEER_LAYERS:
+        spec = {"d_in": d, "d_out": d, **({"r": 23, "conv_bias": True} if model == "lambda_conv" else {})}
+        layer = {"models": [model], "image_sizes": [size], "spec": spec, "implementations": list(peers.IMPLEMENTATIONS)}
+        groups += [{**layer, "frameworks": list(FRAMEWORKS)},
+                   {**layer, "frameworks": ["tensorflow"], "compiles": ["eager"]}]
+    return groups
+
+
 PRESETS["peers"] = {
     "threads": 2, "timeout_s": 600, "timing": {"warmup_steps": 2, "min_steps": 5, "min_time_s": 2.0},
-    "batch_sizes": [8], "modes": ["infer", "train"],
-    "groups": [{"models": [model], "image_sizes": [size], "frameworks": [fw], "implementations": impls,
-                "compiles": compiles,
-                "spec": {"d_in": d, "d_out": d, **({"r": 23, "conv_bias": True} if model == "lambda_conv" else {})}}
-               for model, size, d in PEER_LAYERS for fw, (impls, compiles) in PEER_IMPLEMENTATIONS.items()],
+    "batch_sizes": [8], "modes": ["infer", "train"], "groups": _peer_groups(),
 }
 
 
@@ -253,7 +268,8 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
                 seen.add(case.case_id)
                 cases.append(case)
     if not cases:
-        raise ValueError("the sweep has no cases (no compile mode given applies to any framework given)")
+        raise ValueError("the sweep has no cases (no compile mode or implementation given applies to any framework "
+                         "given; a peer runs in its own framework only: lambda-bench run --help)")
     return Sweep(tuple(cases), threads, float(timeout), seed, TimingConfig(**timing), memory_limit, source)
 
 
@@ -272,9 +288,6 @@ def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterab
     for impl in implementations:
         if impl not in peers.IMPLEMENTATIONS:
             raise ValueError(f"implementation {impl!r}: must be one of {', '.join(peers.IMPLEMENTATIONS)}")
-        if not any(peers.exists_in(impl, fw) for fw in frameworks):
-            raise ValueError(f"implementation {impl!r}: exists in {peers.PEERS[impl]['framework']} only; "
-                             f"{where}'s frameworks are {', '.join(frameworks)}")
     spec_options = _spec_options(group["spec"], where)
     sizes = _as_list(group["image_sizes"])
     batches = _as_list(group["batch_sizes"] or [1])
@@ -307,8 +320,9 @@ def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterab
         for compile_mode in (compiles or [DEFAULT_COMPILE[fw]]):
             if compile_mode not in steps.COMPILE_MODES[fw]:
                 continue
-            # each framework runs the implementations it has, as it runs the compile modes it has; a
-            # peer that cannot compute the spec is an unsupported row (preflight), not a config error
+            # each framework runs the implementations it has (a peer exists in one framework), as it runs
+            # the compile modes it has, so that --frameworks narrows any preset; a peer that cannot
+            # compute the spec is an unsupported row (preflight), not a config error
             for impl in implementations:
                 if peers.exists_in(impl, fw):
                     yield Case(model, fw, int(size), int(batch), mode, precision, compile_mode, device, threads,
@@ -321,6 +335,10 @@ def _spec_options(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
         return ()
     if not isinstance(value, Mapping):
         raise ValueError(f"{where} spec: must be a table of spec fields, e.g. {{r = 23, d_in = 64}}")
+    sizes = sorted(set(value) & {"batch", "height", "width", "image_size"})
+    if sizes:
+        raise ValueError(f"{where} spec key {sizes[0]!r}: the input size is image_sizes / batch_sizes, "
+                         "not a spec field")
     return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
 
 

@@ -99,8 +99,9 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     from lambda_bench.runner import zoo_case
 
     row: dict[str, Any] = {}
-    zcase = zoo_case(case["model"], case.get("image_size"), case["batch_size"],
-                     [tuple(pair) for pair in case.get("spec_options", ())])
+    options = [(key, tuple(value) if isinstance(value, list) else value)  # JSON made tuples lists
+               for key, value in case.get("spec_options", ())]
+    zcase = zoo_case(case["model"], case.get("image_size"), case["batch_size"], options)
     spec = zcase.spec
     row["params"] = counting.params(spec)
     row["flops_analytic"] = counting.flops(spec, zcase.height, zcase.width)

@@ -71,14 +71,16 @@ def _run_torch(layer, x: np.ndarray, cotangent: np.ndarray, train: bool):
     x_t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
     y = layer(x_t)
     params = list(layer.parameters())
-    d_x, *d_params = torch.autograd.grad(y, [x_t, *params], grad_outputs=torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+    cot = torch.from_numpy(cotangent).permute(0, 3, 1, 2)
+    d_x, *d_params = torch.autograd.grad(y, [x_t, *params], grad_outputs=cot)
     # the peer's parameters replaced by their gradients, read through the same mapping: the gradients
     # in canonical names and layouts (the mapping only slices and transposes)
     twin = copy.deepcopy(layer)
     with torch.no_grad():
         for p, g in zip(twin.parameters(), d_params):
             p.copy_(g)
-    grads = {name: a for name, a in twin.export_canonical().items() if not name.endswith(("running_mean", "running_var"))}
+    grads = {name: a for name, a in twin.export_canonical().items()
+             if not name.endswith(("running_mean", "running_var"))}
     grads["input"] = d_x.permute(0, 2, 3, 1).numpy()
     return y.detach().permute(0, 2, 3, 1).numpy(), grads, layer.export_canonical()
 
@@ -162,7 +164,7 @@ def test_what_a_peer_cannot_compute_is_unsupported():
     conv = LambdaSpec(d_in=16, d_out=16, position="conv", r=5, conv_bias=True)
     assert peers.unsupported("timm", conv) is None
     assert "bias" in peers.unsupported("timm", conv.replace(conv_bias=False))
-    assert "u is fixed" in peers.unsupported("timm", conv.replace(u=2))
+    assert "|u| is fixed at 1" in peers.unsupported("timm", conv.replace(u=2))
     assert "d_in must equal d_out" in peers.unsupported("timm", conv.replace(d_in=8))
     assert "no stride" in peers.unsupported("lambda_networks", conv.replace(stride=2))
     glob = LambdaSpec(d_in=16, d_out=16, position="global", size=(4, 5))

@@ -22,14 +22,17 @@ def test_each_framework_runs_the_implementations_it_has():
     assert got == {("torch", "ours"), ("torch", "timm"), ("torch", "lambda_networks"), ("tensorflow", "ours"),
                    ("tensorflow", "lambda_networks_keras"), ("jax", "ours")}
     assert {c.implementation for c in _sweep(frameworks=["torch"]).cases} == {"ours"}  # the default
+    # a peer runs in its own framework only: in a group without it, it adds no case
+    assert {c.implementation for c in _sweep(frameworks=["jax"], implementations=["ours", "timm"]).cases} == {"ours"}
 
 
 @pytest.mark.parametrize("group,message", [
     ({"implementations": ["flax_lambda"]}, "implementation 'flax_lambda': must be one of"),
-    ({"frameworks": ["jax"], "implementations": ["ours", "timm"]}, "implementation 'timm': exists in torch only"),
+    ({"frameworks": ["jax"], "implementations": ["timm"]}, "no compile mode or implementation given applies"),
     ({"spec": {"colour": 1}}, "option 'colour': unknown for lambda_conv"),
     ({"spec": [1, 2]}, "spec: must be a table"),
     ({"spec": {"r": 4}}, "lambda_conv with r=4 at image size 8"),
+    ({"spec": {"batch": 4}}, "spec key 'batch': the input size is image_sizes"),
 ])
 def test_bad_implementations_and_spec_options_fail_before_anything_runs(group, message):
     with pytest.raises(ValueError, match=message):
@@ -44,7 +47,8 @@ def test_case_ids_name_the_implementation_and_options_only_where_not_default():
     assert "[timm]" in peer.describe() and "r=5" in peer.describe()
     spec = peer.zoo_case().spec
     assert (spec.r, spec.conv_bias, spec.d_in) == (5, True, 64)
-    options = (("conv_bias", True), ("bn_eps", 0.001), ("d_in", 256), ("memory", "lean"), ("size", (4, 5)))
+    options = (("conv_bias", True), ("bn_eps", 0.001), ("d_in", 256), ("position", "none"), ("size", (4, 5)),
+               ("mixers", ("conv", "lambda_conv")))
     assert runner.parse_spec_options(runner.format_spec_options(options)) == tuple(sorted(options))
     assert runner.parse_spec_options(None) == () == runner.parse_spec_options("")
 
@@ -75,15 +79,24 @@ def test_the_peers_preset_measures_the_five_layers_in_every_framework():
         assert (reason is not None) == (c.implementation == "lambda_networks_keras" and spec.position == "global")
 
 
+def test_narrowing_the_peers_preset_keeps_each_frameworks_own_cases():
+    preset = runner.preset("peers")
+    full = runner.build_sweep(preset)
+    for fw in ("torch", "tensorflow", "jax"):
+        narrowed = runner.build_sweep(runner.override(preset, frameworks=[fw]))
+        assert {c.case_id for c in narrowed.cases} == {c.case_id for c in full.cases if c.framework == fw}
+
+
 def test_preflight_rows_for_a_peer_that_is_missing_or_cannot_compute_the_case(monkeypatch):
     require_or_skip("timm", "peers")
     sweep = _sweep(frameworks=["torch"], implementations=["ours", "timm", "lambda_networks"], spec={"u": 2})
     monkeypatch.setattr(preflight, "framework_missing", lambda framework: None)
-    monkeypatch.setitem(peers.PEERS, "lambda_networks", {**peers.PEERS["lambda_networks"], "module": "no_such_module_x"})
+    monkeypatch.setitem(peers.PEERS, "lambda_networks",
+                        {**peers.PEERS["lambda_networks"], "module": "no_such_module_x"})
     blocked = preflight.blocked(sweep.cases)
     by_impl = {c.implementation: blocked.get(c.case_id) for c in sweep.cases}
     assert by_impl["ours"] is None
-    assert by_impl["timm"][0] == "unsupported" and "u is fixed at 1" in by_impl["timm"][1]
+    assert by_impl["timm"][0] == "unsupported" and "|u| is fixed at 1" in by_impl["timm"][1]
     assert by_impl["lambda_networks"][0] == "unavailable" and "no_such_module_x" in by_impl["lambda_networks"][1]
 
 
