@@ -350,6 +350,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         config, source = {}, "command line"
     config = runner.override(config, models=_csv(args.models), frameworks=_csv(args.frameworks),
+                             implementations=_csv(args.implementations),
                              image_sizes=_int_list("--image-size", args.image_size),
                              batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),
                              precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
@@ -548,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="SWEEP.toml", help="a sweep file (the keys of the presets)")
     p.add_argument("--models", help="comma-separated names (lambda-bench list / models); replaces the preset's")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax")
+    p.add_argument("--implementations",
+                   help="whose layers: ours (default), timm, lambda_networks (torch), lambda_networks_keras "
+                        "(tensorflow); each framework runs those it has (docs/peers.md)")
     p.add_argument("--image-size", help="comma-separated sizes ('default': a model's published size)")
     p.add_argument("--batch-size", help="comma-separated batch sizes")
     p.add_argument("--mode", help="infer, train or infer,train")

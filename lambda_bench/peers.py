@@ -1,10 +1,14 @@
-"""Weight mappings from other people's lambda layers to the canonical format (lambda_bench.weights).
+"""Other people's lambda layers ("peers") as implementations of our cases: which exist (``PEERS``), what
+each can compute (``unsupported``), and the weight mappings both ways, framework-neutral.
 
-Each ``from_*`` function reads a peer layer and returns ``(spec, weights)``: the LambdaSpec that
-describes the same computation and the canonical float32 weights, running statistics included.
-They are pure (the peer is not modified) and refuse, with ValueError, any peer configuration the
-canonical format cannot express. Importing this module imports no framework; the peer objects
-carry their own.
+Canonical -> peer: ``<peer>_arguments(spec)`` (the peer's constructor arguments) and ``to_<peer>(spec,
+weights)`` (its state in its own names and layouts, NumPy; the Keras layer: ``KERAS_VARIABLES``);
+implementations/<framework>/peers.py builds the peer from them, so that it starts from the same
+numbers as our layer. Peer -> canonical: each ``from_*`` function reads a peer layer and returns
+``(spec, weights)``: the LambdaSpec that describes the same computation and the canonical float32
+weights, running statistics included. They are pure (the peer is not modified) and refuse, with
+ValueError, any peer configuration the canonical format cannot express. Importing this module
+imports no framework; the peer objects carry their own.
 
 Peers (the conventions that differ from ours are handled here):
 

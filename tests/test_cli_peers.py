@@ -62,3 +62,9 @@ def test_runs_the_preset_and_prints_ours_against_the_fastest_peer(monkeypatch, t
     assert cli.main(["peers", "--out", str(tmp_path / "again"), "--frameworks", "torch", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert [(t["fastest_peer"], round(t["time_ratio"], 3)) for t in table] == [("timm", 0.5)]
+
+
+def test_run_takes_implementations(capsys, tmp_path):
+    argv = ["run", "--models", "lambda_conv", "--image-size", "8", "--out", str(tmp_path / "run")]
+    assert cli.main([*argv, "--implementations", "flax_lambda"]) == 2
+    assert "implementation 'flax_lambda': must be one of ours, timm" in capsys.readouterr().err
