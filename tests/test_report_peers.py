@@ -62,6 +62,11 @@ def test_section_blocks():
     assert isinstance(blocks[0], Heading) and blocks[0].text == report_peers.HEADING
     table = next(b for b in blocks if isinstance(b, Table))
     assert table.view.iloc[0]["Time ours / peer"] == "0.50×"
-    assert "r=23" in table.view.iloc[0]["Layer"]
+    assert "r=23" in table.view.iloc[0]["Layer"] and table.view.iloc[0]["Flagged"] == ""
+    rows = _rows(("ours", "ok", 0.10, 50e6), ("timm", "ok", 0.20, 100e6))
+    rows.loc[rows["implementation"] == "timm", "flags"] = "busy machine: 40% of CPU time used by other processes"
+    flagged = next(b for b in report_peers.section(rows) if isinstance(b, Table))
+    assert flagged.view.iloc[0]["Flagged"] == "peer"
+    assert flagged.frame.iloc[0]["peer_flags"].startswith("busy machine")
     empty = report_peers.section(_rows(("ours", "ok", 0.10, 50e6)))
     assert [type(b) for b in empty] == [Heading, Text]  # the heading always, with what would fill it

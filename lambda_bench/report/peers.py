@@ -100,6 +100,8 @@ def view(table: pd.DataFrame) -> pd.DataFrame:
         "Time ours / peer": fmt.ratio(table["time_ratio"]),
         "Memory ours / peer": fmt.ratio(table["memory_ratio"]),
         "Our plan": table["plan"],
+        "Flagged": [", ".join(who for who, flags in (("ours", o), ("peer", p)) if flags)
+                    for o, p in zip(table["ours_flags"], table["peer_flags"])],
     })
 
 
@@ -115,7 +117,8 @@ def section(rows: pd.DataFrame) -> list:
         "tests/test_peer_implementations.py) and measured by the same worker, one fresh process per case. "
         "Ratio = ours / the fastest peer of the same framework, compile mode and mode: below 1 is ours faster "
         f"or smaller. Memory: {_sources(table)}. Device: {devices}. JAX has no peer. "
-        "Our plan: how our layer computes the position term here (lambda_bench/plans.py).")]
+        "Our plan: how our layer computes the position term here (lambda_bench/plans.py). Flagged: whose "
+        "measurement carries a reason to doubt it (busy machine, unstable timing; the CSV has the reasons).")]
     blocks.append(Table("peers", table, "Ours against the fastest peer, per layer configuration", view=view(table)))
     return blocks
 
