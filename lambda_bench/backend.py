@@ -34,10 +34,13 @@ class Backend(Protocol):
         dtype "float64" (every variable and computation) is the anchor of equivalence checks."""
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = ...,
-                device: str = "cpu", seed: int = 0) -> Step:
+                device: str = "cpu", seed: int = 0, implementation: str = "ours") -> Step:
         """The measured step of ``case`` (lambda_bench.measure.steps.Step). A bad option is a ValueError
         naming it (steps.check_options); a valid one this machine or framework cannot run is
-        steps.Unsupported. ``compile`` defaults to the framework's usual mode (COMPILE_MODES)."""
+        steps.Unsupported. ``compile`` defaults to the framework's usual mode (COMPILE_MODES).
+        ``implementation``: whose layer computes the case, ours or a peer's built from the same
+        canonical weights (lambda_bench.peers; implementations/<framework>/peers.py); a peer that is
+        not installed or cannot compute the spec is steps.Unsupported."""
 
     def load_weights(self, model: Any, weights: Mapping[str, np.ndarray]) -> None:
         """Set every tensor (parameters and running statistics) from canonical weights."""

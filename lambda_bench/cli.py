@@ -7,6 +7,7 @@ be written (one line on stderr, no traceback); 130 interrupted (Ctrl-C; `run` sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -275,11 +276,46 @@ def _stage_summary(rows: list, case: str, framework: str, stage: str) -> dict:
             "worst": top.rel_error, "worst_tensor": top.tensor}
 
 
-def _cmd_peers(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from . import peer_bench
+# flags of the former stand-alone peer harness, now measured by the sweep engine, and what replaces them
+_PEERS_GONE = {
+    "groups": "--groups: gone; give --frameworks torch,tensorflow,jax",
+    "configs": "--configs: gone; the preset's five layers are measured (other layers: lambda-bench run --config "
+               "with implementations and spec keys, docs/peers.md)",
+    "no_memory": "--no-memory: gone; every case's worker measures its peak memory",
+    "torch_compile": "--torch-compile: gone; give --compile eager,compiled",
+    "budget": "--budget: gone; timing follows the preset's (a sweep config's timing table sets it)",
+    "plans": "--plans: gone; forced memory plans are not implementations (tests/test_plans.py compares them)",
+}
 
-    return peer_bench.run_cli(args)
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    """`lambda-bench run --preset peers` and its Peers table."""
+    for name, message in _PEERS_GONE.items():
+        if getattr(args, name) not in (None, False):
+            raise UsageError(message)
+    from . import results
+    from .report import peers
+
+    out = args.out or os.path.join("results", time.strftime("peers-%Y%m%d-%H%M%S"))
+    argv = ["run", "--preset", "peers", "--out", out] + [
+        a for flag, value in (("--frameworks", args.frameworks), ("--compile", args.compile),
+                              ("--threads", args.threads), ("--device", args.device)) if value is not None
+        for a in (flag, str(value))] + (["--resume"] if args.resume else [])
+    run_args = build_parser().parse_args(argv)
+    run_args.argv = args.argv
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        code = _cmd_run(run_args)
+    if code != 0:
+        return code
+    table = peers.ratios(results.load([out]))
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+    elif table.empty:
+        print("no case was measured by ours and a peer")
+    else:
+        print()
+        print(peers.view(table).to_string(index=False))
+    return 0
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -314,6 +350,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         config, source = {}, "command line"
     config = runner.override(config, models=_csv(args.models), frameworks=_csv(args.frameworks),
+                             implementations=_csv(args.implementations),
                              image_sizes=_int_list("--image-size", args.image_size),
                              batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),
                              precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
@@ -513,26 +550,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("peers", help="time and memory of our lambda layers against timm and lambda-networks")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--groups", help="comma-separated subset of torch,tensorflow,jax (default: all three)")
-    p.add_argument("--configs", help="comma-separated subset of conv_d64_56,conv_d128_28,conv_d256_16,"
-                                     "conv_d512_7,global_d256_16 (default: all)")
+    p = sub.add_parser("peers", help="time and memory of our lambda layers against timm and lambda-networks "
+                                     "(lambda-bench run --preset peers, then its Peers table)")
+    p.add_argument("--out", help="run directory (default results/peers-<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out: skip the cases it holds")
+    p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: all three)")
+    p.add_argument("--compile", help="eager, compiled, xla (default: the preset's per framework)")
+    p.add_argument("--device", help="cpu (default), cuda")
     p.add_argument("--threads", type=int, help="CPU threads in every framework (default 2)")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-measurement memory subprocesses")
-    p.add_argument("--torch-compile", action="store_true",
-                   help="also time torch.compile'd members (slow to compile on a small CPU; off by default)")
-    p.add_argument("--budget", type=float, help="seconds of timing per group after warm-up (default 8)")
-    p.add_argument("--plans", action="store_true",
-                   help="also time our PyTorch layer with memory='full' and memory='lean' forced (the lean "
-                        "plan's time / memory trade-off beside the automatic choice)")
+    p.add_argument("--json", action="store_true", help="the Peers table as JSON on stdout (progress on stderr)")
+    for name in _PEERS_GONE:  # the former harness's flags: a clear error, not argparse's "unrecognized"
+        p.add_argument("--" + name.replace("_", "-"), dest=name, nargs="?", const=True, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_peers)
 
     p = sub.add_parser("run", help="measure a sweep: each case in a fresh worker, rows in results/<run-id>/")
-    p.add_argument("--preset", help="a named sweep: quick (CPU, <= 15 min; the default) or paper (accelerator)")
+    p.add_argument("--preset", help="a named sweep: quick (CPU, <= 15 min; the default), paper (accelerator) or "
+                                    "peers (our lambda layers against timm's and lambda-networks')")
     p.add_argument("--config", metavar="SWEEP.toml", help="a sweep file (the keys of the presets)")
     p.add_argument("--models", help="comma-separated names (lambda-bench list / models); replaces the preset's")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax")
+    p.add_argument("--implementations",
+                   help="whose layers: ours (default), timm, lambda_networks (torch), lambda_networks_keras "
+                        "(tensorflow); each framework runs those it has (docs/peers.md)")
     p.add_argument("--image-size", help="comma-separated sizes ('default': a model's published size)")
     p.add_argument("--batch-size", help="comma-separated batch sizes")
     p.add_argument("--mode", help="infer, train or infer,train")

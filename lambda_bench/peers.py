@@ -1,10 +1,14 @@
-"""Weight mappings from other people's lambda layers to the canonical format (lambda_bench.weights).
+"""Other people's lambda layers ("peers") as implementations of our cases: which exist (``PEERS``), what
+each can compute (``unsupported``), and the weight mappings both ways, framework-neutral.
 
-Each ``from_*`` function reads a peer layer and returns ``(spec, weights)``: the LambdaSpec that
-describes the same computation and the canonical float32 weights, running statistics included.
-They are pure (the peer is not modified) and refuse, with ValueError, any peer configuration the
-canonical format cannot express. Importing this module imports no framework; the peer objects
-carry their own.
+Canonical -> peer: ``<peer>_arguments(spec)`` (the peer's constructor arguments) and ``to_<peer>(spec,
+weights)`` (its state in its own names and layouts, NumPy; the Keras layer: ``KERAS_VARIABLES``);
+implementations/<framework>/peers.py builds the peer from them, so that it starts from the same
+numbers as our layer. Peer -> canonical: each ``from_*`` function reads a peer layer and returns
+``(spec, weights)``: the LambdaSpec that describes the same computation and the canonical float32
+weights, running statistics included. They are pure (the peer is not modified) and refuse, with
+ValueError, any peer configuration the canonical format cannot express. Importing this module
+imports no framework; the peer objects carry their own.
 
 Peers (the conventions that differ from ours are handled here):
 
@@ -42,11 +46,138 @@ lucidrains ``lambda_networks.tfkeras.LambdaLayer`` (Keras), NHWC:
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 import numpy as np
 
 from .specs import LambdaSpec
 
 Weights = dict[str, np.ndarray]
+
+# Whose code computes a case (a sweep's ``implementations``): ours, or a peer's layer built from the
+# case's canonical weights by implementations/<framework>/peers.py. Each peer: its framework and the
+# module it needs (the ``peers`` extra).
+OURS = "ours"
+PEERS: dict[str, dict[str, str]] = {
+    "timm": {"framework": "torch", "module": "timm", "layer": "timm.layers.lambda_layer.LambdaLayer"},
+    "lambda_networks": {"framework": "torch", "module": "lambda_networks", "layer": "lambda_networks.LambdaLayer"},
+    "lambda_networks_keras": {"framework": "tensorflow", "module": "lambda_networks",
+                              "layer": "lambda_networks.tfkeras.LambdaLayer"},
+}
+IMPLEMENTATIONS = (OURS, *PEERS)
+
+
+def exists_in(implementation: str, framework: str) -> bool:
+    """Whether ``implementation`` has code in ``framework`` (ours: every framework)."""
+    return implementation == OURS or PEERS.get(implementation, {}).get("framework") == framework
+
+
+def missing(implementation: str) -> str | None:
+    """Why ``implementation`` cannot be imported here (its package not installed), or None."""
+    if implementation == OURS:
+        return None
+    module = PEERS[implementation]["module"]
+    if importlib.util.find_spec(module) is None:
+        return f"implementation={implementation!r} needs {module}, not installed (pip install 'lambda-bench[peers]')"
+    return None
+
+
+def unsupported(implementation: str, spec: Any) -> str | None:
+    """Why the peer cannot compute ``spec`` exactly, or None. A peer only builds a lambda layer whose
+    every option it has; nothing is approximated (a missing bias is not zeroed in, a different pooling
+    is not swapped for its own)."""
+    if implementation == OURS:
+        return None
+    from . import families
+
+    family = families.family_of(spec)
+    if family.name != "lambda":
+        return f"{implementation} has a lambda layer only, not a {family.name} {family.kind}"
+    s = spec
+    why = []
+    if not s.content:
+        why.append("no position-only form (content=false)")
+    if s.position == "none":
+        why.append("no content-only form (position='none')")
+    if s.position == "conv" and not s.conv_bias:
+        why.append("its lambda convolution always has a bias (set conv_bias=true)")
+    if implementation == "timm":
+        if s.u != 1:
+            why.append(f"|u| is fixed at 1 (u={s.u})")
+        if s.d_in != s.d_out:
+            why.append(f"its forward reshapes the output to the input's channels: d_in must equal d_out "
+                       f"({s.d_in} != {s.d_out})")
+        if s.stride == 2 and s.pool != 2:
+            why.append(f"stride 2 is a 2x2 average pool (pool={s.pool})")
+    else:
+        if s.stride != 1:
+            why.append("no stride (no pooling after the layer)")
+        if implementation == "lambda_networks" and s.position == "global" and s.size[0] != s.size[1]:
+            why.append(f"its global form takes square inputs only (size {s.size[0]}x{s.size[1]})")
+        if implementation == "lambda_networks_keras" and s.position == "global":
+            why.append("its global form is an absolute (n, n, k, u) table over n = H*W positions, not relative "
+                       "embeddings")
+    return f"{implementation} cannot compute this layer: {'; '.join(why)}" if why else None
+
+
+# --- canonical weights -> a peer (the inverse of the from_* mappings below) -------------------------
+
+
+def timm_arguments(spec: LambdaSpec) -> dict[str, Any]:
+    """timm LambdaLayer(**these) for ``spec``."""
+    conv = spec.position == "conv"
+    return dict(dim=spec.d_in, dim_out=spec.d_out, feat_size=None if conv else tuple(spec.size),
+                stride=spec.stride, num_heads=spec.heads, dim_head=spec.k, r=spec.r if conv else None)
+
+
+def to_timm(spec: LambdaSpec, w: Weights) -> Weights:
+    """Canonical weights -> timm's state dict (NumPy): q, k, v fused into one 1x1 conv."""
+    qkv = np.concatenate([w["to_q.weight"], w["to_k.weight"], w["to_v.weight"]])
+    out: Weights = {"qkv.weight": qkv[:, :, None, None]}
+    out.update(_norms(w))
+    if spec.position == "conv":
+        out["conv_lambda.weight"] = w["pos_conv.weight"][:, :, :, :, None]  # (k, 1, r, r, 1)
+        out["conv_lambda.bias"] = w["pos_conv.bias"]
+    else:
+        out["pos_emb"] = w["rel_pos_emb"][..., 0]
+    return out
+
+
+def lucidrains_arguments(spec: LambdaSpec) -> dict[str, Any]:
+    """lambda_networks.LambdaLayer(**these) for ``spec`` (the Keras layer: the same without ``dim``)."""
+    conv = spec.position == "conv"
+    return dict(dim=spec.d_in, dim_k=spec.k, n=None if conv else spec.size[0], r=spec.r if conv else None,
+                heads=spec.heads, dim_out=spec.d_out, dim_u=spec.u)
+
+
+def to_lucidrains(spec: LambdaSpec, w: Weights) -> Weights:
+    """Canonical weights -> lambda_networks' state dict (NumPy): our names and channel orders."""
+    out: Weights = {f"{name}.weight": w[f"{name}.weight"][:, :, None, None] for name in ("to_q", "to_k", "to_v")}
+    out.update(_norms(w))
+    if spec.position == "conv":
+        out["pos_conv.weight"] = w["pos_conv.weight"][:, :, None]  # (k, u, 1, r, r)
+        out["pos_conv.bias"] = w["pos_conv.bias"]
+    else:
+        out["rel_pos_emb"] = w["rel_pos_emb"]
+    return out
+
+
+# canonical name -> (Keras attribute path, canonical -> Keras layout, Keras -> canonical layout)
+_KERAS_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+KERAS_VARIABLES: dict[str, tuple[tuple[str, str], Any, Any]] = {
+    **{f"{p}.weight": ((p, "kernel"), lambda a: a.T[None, None], lambda a: a[0, 0].T)  # (1, 1, in, out)
+       for p in ("to_q", "to_k", "to_v")},
+    **{f"{p}.{ours}": ((p, theirs), lambda a: a, lambda a: a) for p in ("norm_q", "norm_v")
+       for ours, theirs in _KERAS_NORM.items()},
+    "pos_conv.weight": (("pos_conv", "kernel"), lambda a: a.transpose(2, 3, 1, 0)[None],  # (1, r, r, u, k)
+                        lambda a: a[0].transpose(3, 2, 0, 1)),
+    "pos_conv.bias": (("pos_conv", "bias"), lambda a: a, lambda a: a),
+}
+
+
+def _norms(w: Weights) -> Weights:
+    return {name: w[name] for name in w if name.startswith(("norm_q.", "norm_v."))}
 
 
 def _np(t) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The three implementations (implementations/*/lambda_layer.py) call ``plan_position`` with the same
 arguments and follow the plan the same way, so they make the same choices for the same shape. No
-plan changes the function: each is checked against the float64 reference (tests/test_peer_bench.py).
+plan changes the function: each is checked against the float64 reference (tests/test_plans.py).
 
 Two algorithms for y_p[n] = sum_k q[n, k] * lambda_p[n, k, :] (per head):
 
@@ -21,10 +21,10 @@ Memory: ``full`` keeps the intermediate (lambda_p, or P and E) for the backward 
 (output rows for the convolution) and the backward pass recomputes each chunk. Peak memory drops
 to about one chunk's worth, for one extra forward computation of the position term.
 ``auto`` goes lean when the full intermediate is larger than LEAN_BYTES. Trade-off measured on the
-2-core development CPU with ``lambda-bench peers --plans`` (torch, batch 8, fwd+bwd, interleaved,
-peak RSS above baseline): lambda convolution d 64 at 56x56, full 212 ms / 190 MB vs lean 280 ms /
-66 MB; d 128 at 28x28, 90 ms / 67 MB vs 106 ms / 43 MB; reordered d 256 at 16x16, 33 ms / 32 MB vs
-43 ms / 25 MB; global d 256 at 16x16, 23 ms / 34 MB vs 29 ms / 24 MB. Lean costs 15-30% time (one
+2-core development CPU with our PyTorch layer's plan forced (``LambdaLayer(spec, memory=...)``;
+torch, batch 8, fwd+bwd, interleaved, peak RSS above baseline): lambda convolution d 64 at 56x56, full
+212 ms / 190 MB vs lean 280 ms / 66 MB; d 128 at 28x28, 90 ms / 67 MB vs 106 ms / 43 MB; reordered
+d 256 at 16x16, 33 ms / 32 MB vs 43 ms / 25 MB; global d 256 at 16x16, 23 ms / 34 MB vs 29 ms / 24 MB. Lean costs 15-30% time (one
 more convolution / product per chunk) and bounds the position intermediate to LEAN_BYTES. Below
 LEAN_BYTES the memory saved is small and auto keeps the faster full plan.
 """

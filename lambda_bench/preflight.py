@@ -83,9 +83,25 @@ def _tpu_present() -> bool:
     return any(os.environ.get(k) for k in ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "COLAB_TPU_ADDR", "TPU_WORKER_ID"))
 
 
+def implementation_blocked(case) -> tuple[str, str] | None:
+    """(status, reason) where the case's implementation is a peer that is not installed
+    (``unavailable``) or cannot compute the case's spec (``unsupported``); else None."""
+    from . import peers
+
+    implementation = getattr(case, "implementation", peers.OURS)
+    if implementation == peers.OURS:
+        return None
+    missing = peers.missing(implementation)
+    if missing:
+        return "unavailable", missing
+    reason = peers.unsupported(implementation, case.zoo_case().spec)
+    return ("unsupported", reason) if reason else None
+
+
 def blocked(cases: Iterable) -> dict[str, tuple[str, str]]:
     """case_id -> (status, reason) for every case that certainly cannot run here: ``unavailable``
-    (framework not installed) or ``unsupported`` (device or build)."""
+    (framework or peer not installed) or ``unsupported`` (device, build, or a peer that cannot compute
+    the spec)."""
     verdicts: dict[tuple[str, str], tuple[str, str] | None] = {}
     out: dict[str, tuple[str, str]] = {}
     for case in cases:
@@ -95,8 +111,9 @@ def blocked(cases: Iterable) -> dict[str, tuple[str, str]]:
             lacking = None if missing else device_missing(case.device) or framework_lacks(*key)
             verdicts[key] = (("unavailable", missing) if missing else
                              ("unsupported", f"device={case.device!r}: {lacking}") if lacking else None)
-        if verdicts[key] is not None:
-            out[case.case_id] = verdicts[key]
+        verdict = verdicts[key] or implementation_blocked(case)
+        if verdict is not None:
+            out[case.case_id] = verdict
     return out
 
 

@@ -129,7 +129,8 @@ def sweep_of(run_dir: Path | str):
         threads = row.get("threads")
         cases.append(runner.Case(row["model"], row["framework"], int(row["image_size"]), int(row["batch_size"]),
                                  row["mode"], row["precision"], row["compile"], row["device"],
-                                 None if threads is None else int(threads)))
+                                 None if threads is None else int(threads), row.get("implementation") or "ours",
+                                 runner.parse_spec_options(row.get("spec_options"))))
     if not cases:
         raise ValueError(f"RUN_DIR {str(run_dir)!r}: no ok rows to measure again")
     timing = TimingConfig(**config.get("timing", {}))

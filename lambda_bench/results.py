@@ -37,10 +37,13 @@ from typing import Any, Callable, Iterable, Mapping
 COLUMNS: dict[str, str] = {
     "run_id": "the run directory's name",
     "case_id": "stable id of the case within a sweep: model|framework|size|batch|mode|precision|compile|device|"
-               "t<threads>, then |<implementation> when that is not ours (results.case_id)",
+               "t<threads>, then |<implementation> when that is not ours and |<spec_options> when set "
+               "(results.case_id)",
     "framework": "torch, tensorflow or jax",
     "implementation": "whose code computed the case: ours, or a peer's (timm, lambda_networks, "
                       "lambda_networks_keras); rows written before this column are ours",
+    "spec_options": "spec fields set on the registered preset for this case, 'key=value,...' sorted ('' for "
+                    "none): e.g. the peers preset's 'd_in=64,r=23' on lambda_conv",
     "framework_version": "the framework's version as installed",
     "model": "a registered preset name (layers and models: lambda-bench list / models)",
     "family": "resnet, lambda_resnet, mhsa_resnet, sasa_resnet, axial_resnet, efficientnet; layer for layers",
@@ -233,7 +236,7 @@ def read_rows(run_dir: Path | str, problems: list[BadLine] | None = None) -> lis
 # What a row is a measurement of: the fields of a sweep case (runner.Case, the worker's case JSON, a
 # benchmark's extra_info), in case_id order.
 CASE_FIELDS = ("model", "framework", "image_size", "batch_size", "mode", "precision", "compile", "device",
-               "threads", "implementation")
+               "threads", "implementation", "spec_options")
 OURS = "ours"  # the implementation of every case that names none, and of rows written before the column
 # Columns make_row derives (from the case, the median step time or its own arguments): never measured.
 DERIVED = ("run_id", "case_id", "kind", "family", "mixer", "images_per_s", "train_s_per_1024", "git_commit",
@@ -243,17 +246,56 @@ ERROR_LIMIT = 4000  # characters of error text a row keeps (a crash's output can
 
 def _field(case: Any, name: str) -> Any:
     value = case.get(name) if isinstance(case, Mapping) else getattr(case, name, None)
+    if name == "spec_options":  # a case holds (key, value) pairs (JSON: lists), a row their text
+        if not value:
+            return ""
+        return value if isinstance(value, str) else format_spec_options(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in value)
     return OURS if name == "implementation" and value is None else value
+
+
+def format_spec_options(options: Iterable[tuple[str, Any]]) -> str:
+    """((r, 23), (d_in, 64), (size, (4, 5))) -> "d_in=64,r=23,size=4x5" (parse_spec_options reads it back;
+    a tuple of names joins with "+")."""
+    def text(v: Any) -> str:
+        if isinstance(v, tuple):
+            return ("x" if all(isinstance(p, int) for p in v) else "+").join(map(str, v))
+        return str(v)
+
+    return ",".join(f"{k}={text(v)}" for k, v in sorted(options))
+
+
+def parse_spec_options(text: str | None) -> tuple[tuple[str, Any], ...]:
+    """The inverse of format_spec_options ("" or None: no options)."""
+    out = []
+    for part in filter(None, (text or "").split(",")):
+        key, _, value = part.partition("=")
+        if value in ("True", "False"):
+            out.append((key, value == "True"))
+            continue
+        try:
+            parsed: Any = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            sizes = value.split("x")
+            if len(sizes) > 1 and all(p.isdigit() for p in sizes):
+                parsed = tuple(int(p) for p in sizes)
+            else:
+                parsed = tuple(value.split("+")) if "+" in value else value
+        out.append((key, parsed))
+    return tuple(sorted(out))
 
 
 def case_id(case: Any) -> str:
     """The stable id of a case (a runner.Case, a case mapping or a row):
     model|framework|size|batch|mode|precision|compile|device|t<threads>, then |<implementation> for a
-    peer's code only: the ids of runs written before implementations existed stay the same, so
-    --resume and `lambda-bench compare` still match them."""
+    peer's code only and |<spec options> where any are set: the ids of runs written before either
+    existed stay the same, so --resume and `lambda-bench compare` still match them."""
     parts = [str(_field(case, k)) for k in CASE_FIELDS[:8]] + [f"t{_field(case, 'threads')}"]
     implementation = _field(case, "implementation")
-    return "|".join(parts if implementation == OURS else [*parts, str(implementation)])
+    if implementation != OURS:
+        parts.append(str(implementation))
+    options = _field(case, "spec_options")
+    return "|".join([*parts, options] if options else parts)
 
 
 def model_labels(model: str) -> dict[str, str]:
@@ -269,7 +311,8 @@ def model_labels(model: str) -> dict[str, str]:
     return {}
 
 
-def analytic_columns(model: str, image_size: int | None, batch_size: int | None) -> dict[str, Any]:
+def analytic_columns(model: str, image_size: int | None, batch_size: int | None,
+                     spec_options: str = "") -> dict[str, Any]:
     """params and flops_analytic of a registered model or layer at this size, from its spec (no
     framework needed: a case that never ran has them too); {} for a name not registered or a size
     its spec refuses."""
@@ -277,9 +320,11 @@ def analytic_columns(model: str, image_size: int | None, batch_size: int | None)
 
     if model not in zoo.MODELS and model not in zoo.PRESETS:
         return {}
+    from .runner import zoo_case
+
     try:
-        spec_case = zoo.case(model, image_size, batch_size)
-    except ValueError:
+        spec_case = zoo_case(model, image_size, batch_size, parse_spec_options(spec_options))
+    except (ValueError, TypeError):
         return {}
     return {"params": counting.params(spec_case.spec),
             "flops_analytic": counting.flops(spec_case.spec, spec_case.height, spec_case.width)}
@@ -352,7 +397,7 @@ def make_row(case: Any, measured: Mapping[str, Any], *, run_id: str | None, comm
     row.update(model_labels(row["model"]), run_id=run_id, case_id=case_id(case), device_name=device_name,
                git_commit=commit, timestamp=timestamp or utc_now())
     if "params" not in given or "flops_analytic" not in given:
-        row.update(analytic_columns(row["model"], row["image_size"], row["batch_size"]))
+        row.update(analytic_columns(row["model"], row["image_size"], row["batch_size"], row["spec_options"]))
     row.update(given)
     if pinned:
         row["threads"] = len(pinned)
@@ -371,6 +416,8 @@ def complete_row(row: Mapping[str, Any], run_id: str | None = None) -> dict[str,
         out["run_id"] = run_id
     if out.get("implementation") is None:
         out["implementation"] = OURS
+    if out.get("spec_options") is None or out.get("spec_options") != out.get("spec_options"):  # None or NaN
+        out["spec_options"] = ""
     if out.get("case_id") is None and all(out.get(k) is not None for k in CASE_FIELDS[:8]):
         out["case_id"] = case_id(out)
     if isinstance(out.get("model"), str) and any(out.get(k) is None for k in ("kind", "family", "mixer")):

@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from . import executors, preflight, results, zoo
+from . import executors, peers, preflight, results, zoo
 from .backend import FRAMEWORKS
 from .measure import steps
 from .measure.timing import TimingConfig
 
 # The compile mode each framework is normally run in, used where a config names none.
 DEFAULT_COMPILE = {"torch": "eager", "tensorflow": "compiled", "jax": "compiled"}
-GROUP_KEYS = ("models", "frameworks", "image_sizes", "batch_sizes", "modes", "precisions", "compiles", "devices")
+GROUP_KEYS = ("models", "frameworks", "implementations", "image_sizes", "batch_sizes", "modes", "precisions",
+              "compiles", "devices", "spec")
 SWEEP_KEYS = ("threads", "timeout_s", "seed", "timing", "memory_limit_bytes")
 
 
@@ -47,14 +48,36 @@ class Case:
     compile: str
     device: str
     threads: int | None
+    implementation: str = peers.OURS  # whose code computes the case (lambda_bench.peers.IMPLEMENTATIONS)
+    spec_options: tuple[tuple[str, Any], ...] = ()  # spec fields set on the registered model, sorted by name
 
     @property
     def case_id(self) -> str:
         return results.case_id(self)
 
     def describe(self) -> str:
-        return (f"{self.model} {self.framework}/{self.compile} {self.mode} {self.precision} {self.device} "
-                f"{self.image_size}px b{self.batch_size}")
+        who = f" [{self.implementation}]" if self.implementation != peers.OURS else ""
+        options = f" ({format_spec_options(self.spec_options)})" if self.spec_options else ""
+        return (f"{self.model}{options}{who} {self.framework}/{self.compile} {self.mode} {self.precision} "
+                f"{self.device} {self.image_size}px b{self.batch_size}")
+
+    def zoo_case(self) -> zoo.Case:
+        return zoo_case(self.model, self.image_size, self.batch_size, self.spec_options)
+
+
+def zoo_case(model: str, image_size: int | None = None, batch: int | None = None,
+             spec_options: Iterable[tuple[str, Any]] = ()) -> zoo.Case:
+    """zoo.case with spec fields set (e.g. r=23, d_in=256 on the lambda_conv preset): zoo.get's overrides."""
+    base = zoo.case(model, image_size, batch)
+    options = dict(spec_options)
+    if not options:
+        return base
+    size = {"image_size": base.height} if model in zoo.MODELS else {"height": base.height, "width": base.width}
+    return zoo.get(model, batch=base.batch, **size, **options)
+
+
+format_spec_options = results.format_spec_options  # the case_id's text of spec options: results owns it
+parse_spec_options = results.parse_spec_options
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,31 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"models": list(_LAYERS), "image_sizes": [14, 28, 56, 112], "batch_sizes": [32], "modes": ["train"]},
         ],
     },
+}
+
+
+# our lambda layers against timm's and lambda-networks' (lambda_bench.peers), each peer built from the
+# same canonical weights as ours: the lambda convolution r = 23 (with the bias the peers always have)
+# over the channel/resolution pairs of a ResNet's stages, and global embeddings at d 256, 16x16;
+# batch 8, 2 threads, |k| 16, |h| 4, |u| 1. Every framework in its usual compile mode, with the
+# implementations it has; TensorFlow eager too, as Keras users also run it.
+PEER_LAYERS = (("lambda_conv", 56, 64), ("lambda_conv", 28, 128), ("lambda_conv", 16, 256),
+               ("lambda_conv", 7, 512), ("lambda", 16, 256))
+
+
+def _peer_groups() -> list[dict[str, Any]]:
+    groups = []
+    for model, size, d in PEER_LAYERS:
+        spec = {"d_in": d, "d_out": d, **({"r": 23, "conv_bias": True} if model == "lambda_conv" else {})}
+        layer = {"models": [model], "image_sizes": [size], "spec": spec, "implementations": list(peers.IMPLEMENTATIONS)}
+        groups += [{**layer, "frameworks": list(FRAMEWORKS)},
+                   {**layer, "frameworks": ["tensorflow"], "compiles": ["eager"]}]
+    return groups
+
+
+PRESETS["peers"] = {
+    "threads": 2, "timeout_s": 600, "timing": {"warmup_steps": 2, "min_steps": 5, "min_time_s": 2.0},
+    "batch_sizes": [8], "modes": ["infer", "train"], "groups": _peer_groups(),
 }
 
 
@@ -189,7 +237,8 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
                 seen.add(case.case_id)
                 cases.append(case)
     if not cases:
-        raise ValueError("the sweep has no cases (no compile mode given applies to any framework given)")
+        raise ValueError("the sweep has no cases (no compile mode or implementation given applies to any framework "
+                         "given; a peer runs in its own framework only: lambda-bench run --help)")
     return Sweep(tuple(cases), threads, float(timeout), seed, TimingConfig(**timing), memory_limit, source)
 
 
@@ -204,6 +253,11 @@ def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterab
     for fw in frameworks:
         if fw not in FRAMEWORKS:
             raise ValueError(f"framework {fw!r}: must be one of {', '.join(FRAMEWORKS)}")
+    implementations = _as_list(group["implementations"] or [peers.OURS])
+    for impl in implementations:
+        if impl not in peers.IMPLEMENTATIONS:
+            raise ValueError(f"implementation {impl!r}: must be one of {', '.join(peers.IMPLEMENTATIONS)}")
+    spec_options = _spec_options(group["spec"], where)
     sizes = _as_list(group["image_sizes"])
     batches = _as_list(group["batch_sizes"] or [1])
     for s in sizes:
@@ -228,12 +282,33 @@ def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterab
         if size is None:
             size = zoo.case(model).height
         try:
-            zoo.case(model, size, batch)  # the spec accepts this size (e.g. global tables, strides)
+            zoo_case(model, size, batch, spec_options)  # the spec accepts this size (e.g. global tables, strides)
         except ValueError as exc:
-            raise ValueError(f"{model} at image size {size}: {exc}") from None
+            options = f" with {format_spec_options(spec_options)}" if spec_options else ""
+            raise ValueError(f"{model}{options} at image size {size}: {exc}") from None
         for compile_mode in (compiles or [DEFAULT_COMPILE[fw]]):
-            if compile_mode in steps.COMPILE_MODES[fw]:
-                yield Case(model, fw, int(size), int(batch), mode, precision, compile_mode, device, threads)
+            if compile_mode not in steps.COMPILE_MODES[fw]:
+                continue
+            # each framework runs the implementations it has (a peer exists in one framework), as it runs
+            # the compile modes it has, so that --frameworks narrows any preset; a peer that cannot
+            # compute the spec is an unsupported row (preflight), not a config error
+            for impl in implementations:
+                if peers.exists_in(impl, fw):
+                    yield Case(model, fw, int(size), int(batch), mode, precision, compile_mode, device, threads,
+                               impl, spec_options)
+
+
+def _spec_options(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    """A group's ``spec`` table (spec fields set on every model of the group) as sorted pairs."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} spec: must be a table of spec fields, e.g. {{r = 23, d_in = 64}}")
+    sizes = sorted(set(value) & {"batch", "height", "width", "image_size"})
+    if sizes:
+        raise ValueError(f"{where} spec key {sizes[0]!r}: the input size is image_sizes / batch_sizes, "
+                         "not a spec field")
+    return tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
 
 
 def usable_cpus() -> int:

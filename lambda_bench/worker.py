@@ -92,13 +92,16 @@ def error_text(exc: BaseException) -> str:
 def measure(case: dict[str, Any]) -> dict[str, Any]:
     """What running ``case`` measured: status, error and the raw figures (timing, memory, counted
     FLOPs, the framework's version); lambda_bench.results.make_row turns them and the case into a row."""
-    from lambda_bench import results, zoo
+    from lambda_bench import results
     from lambda_bench.backend import FrameworkUnavailable, get_backend
     from lambda_bench.measure import interference, memory, steps
     from lambda_bench.measure.timing import TimingConfig
+    from lambda_bench.runner import zoo_case
 
     row: dict[str, Any] = {}
-    zcase = zoo.case(case["model"], case.get("image_size"), case["batch_size"])
+    options = [(key, tuple(value) if isinstance(value, list) else value)  # JSON made tuples lists
+               for key, value in case.get("spec_options", ())]
+    zcase = zoo_case(case["model"], case.get("image_size"), case["batch_size"], options)
     try:
         backend = get_backend(case["framework"])
     except FrameworkUnavailable as exc:
@@ -107,7 +110,8 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
     row["framework_version"] = backend.device_info().get("version")
     try:
         step = backend.prepare(zcase, mode=case["mode"], precision=case["precision"], compile=case["compile"],
-                               device=case["device"], seed=case.get("seed", 0))
+                               device=case["device"], seed=case.get("seed", 0),
+                               implementation=case.get("implementation", "ours"))
     except steps.Unsupported as exc:
         return {**row, "status": "unsupported", "error": str(exc)}
 

@@ -334,11 +334,16 @@ class FrameworkBackend:
             return widen(model, dtype)
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
-                device: str = "cpu", seed: int = 0) -> JaxStep:
-        """A measured step of ``case`` (lambda_bench.measure.steps): built, split, put on the device."""
+                device: str = "cpu", seed: int = 0, implementation: str = "ours") -> JaxStep:
+        """A measured step of ``case`` (lambda_bench.measure.steps): built, split, put on the device;
+        ``implementation`` a peer's layer (implementations/jax/peers.py: there is none) instead of ours."""
         steps.check_options(self.name, mode, precision, compile, device)
         where = _step_device(device)
-        model = self.build(case.spec, seed)
+        if implementation == "ours":
+            model = self.build(case.spec, seed)
+        else:
+            from implementations.jax.peers import PeerLayer
+            model = PeerLayer(implementation, case.spec, seed)
         return JaxStep(model, case, mode=mode, precision=precision, compile=compile, device=where, seed=seed)
 
     def load_weights(self, model: nnx.Module, weights: Mapping[str, np.ndarray]) -> None:

@@ -202,9 +202,10 @@ class FrameworkBackend:
             return model_class(spec)(spec, seed)
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
-                device: str = "cpu", seed: int = 0) -> TensorFlowStep:
+                device: str = "cpu", seed: int = 0, implementation: str = "ours") -> TensorFlowStep:
         """The measured step of ``case`` (lambda_bench.measure.steps); steps.Unsupported where this
-        machine lacks the device."""
+        machine lacks the device; ``implementation`` a peer's layer (implementations/tensorflow/peers.py)
+        instead of ours."""
         steps.check_options(self.name, mode, precision, compile, device)
         if device == "cuda":
             if not tf.config.list_physical_devices("GPU"):
@@ -225,7 +226,11 @@ class FrameworkBackend:
                 " lambda/attention softmaxes compute in bfloat16 too (autocast keeps them in float32), and"
                 " the lambda convolution's backward (tf.signal.rfft2d) takes float32 only")
         with tf.device(where):
-            model = self.build(case.spec, seed)
+            if implementation == "ours":
+                model = self.build(case.spec, seed)
+            else:
+                from implementations.tensorflow.peers import PeerLayer
+                model = PeerLayer(implementation, case.spec, seed)
             return TensorFlowStep(model, case, mode=mode, precision=precision, compile=compile, device=where,
                                   seed=seed)
 

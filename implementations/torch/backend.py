@@ -181,8 +181,9 @@ class FrameworkBackend:
         return model_class(spec)(spec, seed).to(device=DEVICE, dtype=DTYPES[dtype])
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "eager",
-                device: str = "cpu", seed: int = 0) -> TorchStep:
-        """The measured step of ``case`` (lambda_bench.measure.steps): model and batch on ``device``."""
+                device: str = "cpu", seed: int = 0, implementation: str = "ours") -> TorchStep:
+        """The measured step of ``case`` (lambda_bench.measure.steps): model and batch on ``device``;
+        ``implementation`` a peer's layer (implementations/torch/peers.py) instead of ours."""
         steps.check_options(self.name, mode, precision, compile, device)
         if device == "tpu":
             raise steps.Unsupported("device='tpu': this torch backend has no TPU support (no torch_xla path)")
@@ -191,7 +192,11 @@ class FrameworkBackend:
                                     f"(no CUDA device or a CPU-only build, torch {torch.__version__})")
         self.configure()  # TF32 off: fp32 means fp32
         target = torch.device(device)
-        model = self.build(case.spec, seed).to(target)
+        if implementation == "ours":
+            model = self.build(case.spec, seed).to(target)
+        else:
+            from .peers import PeerLayer
+            model = PeerLayer(implementation, case.spec, seed).to(target)
         return TorchStep(model, case, mode=mode, precision=precision, compile=compile, device=target, seed=seed)
 
     def load_weights(self, model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:

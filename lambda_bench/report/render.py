@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from . import environment, findings, flops, frameworks, pareto, scaling, tables
+from . import environment, findings, flops, frameworks, pareto, peers, scaling, tables
 from .accuracy import load_accuracy
 from .doc import Heading, Table, Text, write
 from .figures import pyplot
@@ -16,7 +16,7 @@ from .runs import load_runs
 
 APPENDIX = "Appendix: every row"
 SECTIONS = (findings.HEADING, pareto.HEADING, scaling.HEADING, tables.HEADING, frameworks.HEADING,
-            flops.HEADING, environment.HEADING, APPENDIX)
+            peers.HEADING, flops.HEADING, environment.HEADING, APPENDIX)
 
 
 def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | Path | None = None,
@@ -29,7 +29,8 @@ def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | 
     docs/, headed by ``command`` and each run's provenance (figures_page.py). ValueError names a bad input."""
     if figures_page is not None:
         check_page(figures_page)  # before anything is written
-    rows, envs = load_runs(run_dirs)
+    all_rows, envs = load_runs(run_dirs)
+    rows = peers.ours(all_rows)  # other people's layers appear in the Peers section only
     accuracy_table = load_accuracy(accuracy)
     pyplot()  # the Agg backend, before any section imports pyplot
     out = prepare_out(out_dir)
@@ -41,8 +42,9 @@ def render(run_dirs: Iterable[str | Path], out_dir: str | Path, accuracy: str | 
     blocks += scaling.section(rows, include_flagged)
     blocks += tables.section(rows)
     blocks += frameworks.section(rows)
+    blocks += peers.section(all_rows)
     blocks += flops.section(rows)
-    blocks += environment.section(rows, envs, accuracy_source, include_flagged)
+    blocks += environment.section(all_rows, envs, accuracy_source, include_flagged)
     blocks = with_appendix(blocks)
     path = write(blocks, out, f"lambda-bench report: {runs}")
     if figures_page is not None:
