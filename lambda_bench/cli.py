@@ -161,6 +161,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         cases = [zoo.get(name, **overrides) for name in (args.names or zoo.names())]
     frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
+    if train_steps and any(c.is_model for c in cases):
+        equivalence.load_torch_training()  # before a layer's check loads TensorFlow
     rows = []
     for case in cases:
         rows.extend(equivalence.check_case(case, frameworks, seed=args.seed, threads=args.threads,

@@ -74,3 +74,27 @@ def test_train_steps_must_not_be_negative(capsys):
     assert cli.main(["check", "resnet26", "--train-steps", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lambda-bench: error: --train-steps -1") and len(err.strip().splitlines()) == 1
+
+
+_AFTER_TENSORFLOW = """
+from lambda_bench import equivalence, zoo
+equivalence.load_torch_training()
+case = zoo.get("resnet26", image_size=32, width=8)
+print(equivalence.training_losses("tensorflow", case, steps=1)[0], equivalence.training_losses("torch", case, steps=1)[0])
+"""
+
+
+def test_torch_trains_after_tensorflow_once_its_training_is_loaded():
+    """torch's first optimizer step imports torch._dynamo, which kills a process that has loaded
+    TensorFlow (signal 11: the check's training stage of EfficientNet-B0); the check loads it first.
+    In a fresh process: the test session has imported torch's modules early (conftest)."""
+    import subprocess
+    import sys
+
+    have = _frameworks()
+    if "tensorflow" not in have:
+        pytest.skip("needs tensorflow")
+    done = subprocess.run([sys.executable, "-c", _AFTER_TENSORFLOW], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tf_loss, torch_loss = map(float, done.stdout.split())
+    assert abs(tf_loss - torch_loss) <= 1e-4 * abs(torch_loss)
