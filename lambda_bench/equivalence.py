@@ -320,12 +320,12 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
     least amount that keeps every ReLU input of the anchor's train-mode forward on ``x`` at least
     KINK_MARGIN times that ReLU's largest input away from zero (see KINK_MARGIN). A ResNet's stem
     BatchNorms and each block's bn1 and bn2 feed a ReLU directly; bn3 feeds it through the residual
-    add, which a shift of its bias moves by exactly that shift (train mode) - except with SE between
-    them, whose gate the shift would move too: those block outputs are left as they are. Other
-    models (EfficientNets: SiLU) and layers are returned unchanged."""
+    add, which a shift of its bias moves by exactly that shift (train mode). A ResNet with SE is
+    returned unchanged (the SE gate between bn3 and the add would move with the shift, so no bias
+    shift clears the block outputs), as are other models (EfficientNets: SiLU) and layers."""
     from .specs import ResNetSpec
 
-    if not isinstance(case.spec, ResNetSpec):
+    if not isinstance(case.spec, ResNetSpec) or case.spec.se:
         return dict(w)
     import torch
 
@@ -336,8 +336,7 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
     through_add = []
     for b in case.spec.blocks():
         direct += [b.prefix + "bn1", b.prefix + "bn2"]
-        if not case.spec.se:
-            through_add.append(b.prefix[:-1])
+        through_add.append(b.prefix[:-1])
     block_inputs: dict[str, torch.Tensor] = {}
 
     def shift_output(module, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
