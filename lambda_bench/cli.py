@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -136,13 +137,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from . import equivalence
 
+    if args.train_steps is not None and args.train_steps < 0:
+        raise UsageError(f"--train-steps {args.train_steps}: must be 0 or more")
+    train_steps = equivalence.TRAINING_STEPS if args.train_steps is None else args.train_steps
     if args.all:
         if args.names or args.suite or args.set or args.size or args.batch is not None or args.perturb or args.no_float64:
             raise UsageError("--all checks every registered preset as registered: give no NAME, --suite, --set, "
                              "--size, --batch, --perturb or --no-float64 with it")
         return _check_all(args, equivalence)
-    if args.resume or args.budget_minutes is not None:
-        raise UsageError("--resume and --budget-minutes go with --all")
+    if args.resume or args.budget_minutes is not None or args.summary:
+        raise UsageError("--resume, --budget-minutes and --summary go with --all")
     overrides = parse_overrides(args.set or [])
     if args.size:
         try:
@@ -158,10 +162,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         cases = [zoo.get(name, **overrides) for name in (args.names or zoo.names())]
     frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
+    if train_steps and any(c.is_model for c in cases):
+        equivalence.load_torch_training()  # before a layer's check loads TensorFlow
     rows = []
     for case in cases:
         rows.extend(equivalence.check_case(case, frameworks, seed=args.seed, threads=args.threads,
-                                           perturb=args.perturb, float64=not args.no_float64))
+                                           perturb=args.perturb, float64=not args.no_float64,
+                                           train_steps=train_steps))
     ok = all(r.ok for r in rows)
     worst: dict[str, dict[str, dict]] = {}  # stage -> framework -> the worst tensor
     for r in rows:
@@ -230,20 +237,34 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
         raise UsageError(f"--resume {path}: a directory; give the JSON-lines file")
     records = equivalence.read_records(path)
     cases = equivalence.all_cases()
+    if args.summary:
+        from .backend import FRAMEWORKS
+
+        if not args.resume or not records:
+            raise UsageError("--summary prints the results of --resume FILE: give a file that holds some")
+        checked = [fw for fw in FRAMEWORKS if any(fw in r["frameworks"] for r in records.values())]
+        print(equivalence.summary_markdown({c.name: records[c.name] for c in cases if c.name in records},
+                                           checked, len(cases)))
+        return 0 if all(r["ok"] for r in records.values()) and len(records) >= len(cases) else 1
     # a preset that ended in an error (killed, timed out) is checked again; a pass or a fail is kept
     todo = [c for c in cases if c.name not in records or records[c.name]["status"] == "error"
             or set(frameworks) - set(records[c.name]["frameworks"])]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} done in {path}, "
           f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
+    from .results import git_commit
+
+    where = {"commit": git_commit(), "host": socket.gethostname()}
     started = time.perf_counter()
     stopped = 0
     for i, case in enumerate(todo, 1):
         if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
             stopped = len(todo) - i + 1
             break
-        record = equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads)
+        record = equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads,
+                                                         train_steps=args.train_steps)
         record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record.update(where)
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         records[case.name] = record
@@ -535,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a new results/check-all-<date>.jsonl)")
     p.add_argument("--budget-minutes", type=float, metavar="M",
                    help="with --all: start no preset after M minutes (continue later with --resume)")
+    p.add_argument("--summary", action="store_true",
+                   help="with --all --resume FILE: check nothing; print FILE's results as Markdown (host, commit, "
+                        "one row per preset, the worst error per family and stage)")
     p.add_argument("--frameworks", help="comma-separated subset of torch,tensorflow,jax (default: every installed one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec option (k, heads, u, r, position, content, conv_bias, stride, pool, "
@@ -547,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-test: change this canonical weight in the frameworks' copy only; the check must fail")
     p.add_argument("--no-float64", action="store_true",
                    help="models: skip the float64 stage (faster; float32 rounding-limited tensors are then unproven)")
+    p.add_argument("--train-steps", type=int, default=None, metavar="N",
+                   help="models: train N SGD steps (the measured train step, from the initial weights) in each stage "
+                        "and compare every step's loss with the float64 anchor's (default: "
+                        "lambda_bench.equivalence.TRAINING_STEPS, 10; 0: no training stage)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_check)
 

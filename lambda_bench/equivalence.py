@@ -46,6 +46,10 @@ can tell. An implementation bug
 fails both: ``perturb`` (a 1e-3 change of one weight) moves tensors by far more than ten times what
 rounding does, in float64 by many orders of magnitude. ``float64=False`` skips the float64 stage
 (then float32 rows only; rounding-limited tensors are unproven).
+
+A model can also be trained several SGD steps in each stage (training_checks: each framework's own
+measured train step, every step's loss against the anchor's as a tensor of that stage);
+`lambda-bench check` does, with TRAINING_STEPS steps.
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ VARIANCE_FLOOR = 1e-2
 # (at most 1), which keeps the growth bounded by about exp(2 * LAMBDA_BRANCH_GAIN) whatever the depth.
 LAMBDA_BRANCH_GAIN = 2.0
 
+# A ReLU input a rounding away from zero flips in float32 in one framework and not in another, and one
+# flipped element moves train-mode gradients by order 1e-2 (BatchNorm backward spreads it over the
+# channel): lambda_resnet50_content_only failed torch float32 by 7.8e-2 on 225 gradients from two
+# elements, at 5.4e-6 and 4.3e-6 from zero (the anchor replayed with torch float32's ReLU decisions
+# agrees with it within 4.1e-5, as TensorFlow and JAX do). The gradient is discontinuous there, so
+# the check moves its data point off the kinks (clear_relu_kinks): every ReLU input of the anchor's
+# train-mode forward is kept at least KINK_MARGIN times that ReLU's largest input away from zero by
+# shifting the BatchNorm bias before it. float32 moved BatchNorm outputs by up to 2.8e-5 of their
+# largest value there. A wider margin needs large shifts where a channel holds many values (2048
+# in the stem): with 1e-3 (and the running statistics calibrated before the shift), LambdaResNet-50's
+# eval output overflowed.
+KINK_MARGIN = 1e-4
+
 # see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (`lambda-bench check efficientnet_b0 efficientnet_b3 --json`):
 # EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
 # the anchor's own inputs to float32 moves its gradients by 1-5e-5. 10 * 1e-5 * sqrt(depth) is
@@ -135,6 +152,18 @@ AGREEMENT_RULE = "float32-agreeing"
 # noise in every framework (measured 1e-6 of the largest gradient); its error is taken on the scale
 # of the model's largest parameter gradient times this floor. Layers get no floor.
 ZERO_GRADIENT_FLOOR = 1e-2
+
+# The one-step check sees one forward and one backward; a training step adds the loss, the gradient
+# clip, momentum and the parameter update, and its errors compound step after step. A model is trained
+# TRAINING_STEPS steps (lambda_bench.measure.steps: SGD with momentum, clipped, synthetic batch and
+# labels) from its canonical initial weights (the same in every framework: what the benchmarks train)
+# in each stage's dtype, through each framework's own measured step (Step, its usual compile mode, on
+# the CPU), and every step's loss is compared with the anchor's (torch's step run on its float64 model),
+# as a tensor "loss after step i" of that stage: the same tolerance, the same rounding probes (the
+# anchor trained again from weights jittered at the stage's rounding), the same rows.
+TRAINING_STEPS = 10
+# the compile mode each framework's training stage runs in: what the benchmarks time by default
+TRAINING_COMPILE = {"torch": "eager", "tensorflow": "compiled", "jax": "compiled"}
 
 # what a framework's import needs, checked without importing it
 _REQUIREMENTS = {"torch": ("torch",), "tensorflow": ("tensorflow",), "jax": ("jax", "flax")}
@@ -216,7 +245,8 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
 
     A model's running statistics are calibrated instead (see calibrate_running_stats): random ones
     overflow float32 in eval mode through a stack of lambda layers, which are quadratic in their input;
-    and its lambda blocks' residual branches are scaled down first (damp_lambda_branches).
+    and its lambda blocks' residual branches are scaled down first (damp_lambda_branches), and its ReLU
+    inputs kept off zero before that (clear_relu_kinks).
     """
     w = canonical.randomize_state(canonical.init_weights(case.spec, seed), seed)
     rng = np.random.default_rng(seed + 1)
@@ -224,8 +254,9 @@ def inputs(case: Case, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray
     cotangent = rng.normal(size=case.output_shape).astype(np.float32)
     if case.is_model:
         calibration = (CALIBRATION_BATCH, *case.input_shape[1:])
-        w = calibrate_running_stats(case, damp_lambda_branches(case.spec, w),
-                                    rng.normal(size=calibration).astype(np.float32))
+        # the kinks first: the running statistics are then calibrated on the shifted biases
+        w = clear_relu_kinks(case, damp_lambda_branches(case.spec, w), x)
+        w = calibrate_running_stats(case, w, rng.normal(size=calibration).astype(np.float32))
     return w, x, cotangent
 
 
@@ -260,6 +291,91 @@ def calibrate_running_stats(case: Case, w: Mapping[str, np.ndarray], x_calibrati
             if name.endswith(".running_var"):
                 value = np.maximum(value, VARIANCE_FLOOR * float(np.median(value)))
             out[name] = value.astype(np.float32)
+    return out
+
+
+def relu_kink_shift(z: np.ndarray, margin: float) -> float:
+    """The shift d nearest zero (0 when none is needed) that puts every value of ``z + d`` at least
+    ``margin`` away from zero: outside the union of the intervals (-z_i - margin, -z_i + margin)."""
+    z = np.asarray(z, np.float64).ravel()
+    if z.size == 0 or np.min(np.abs(z)) >= margin:
+        return 0.0
+    lo, hi = np.sort(-z - margin), np.sort(-z + margin)
+    candidates = [0.0]
+    # merged forbidden intervals; their ends are where the nearest allowed shifts lie
+    start, end = lo[0], hi[0]
+    for a, b in zip(lo[1:], hi[1:]):
+        if a > end:
+            candidates += [start, end]
+            start, end = a, b
+        else:
+            end = max(end, b)
+    candidates += [start, end]
+    allowed = [d for d in candidates if np.min(np.abs(z + d)) >= margin * (1 - 1e-9)]
+    return float(min(allowed, key=abs))
+
+
+def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+    """``w`` with the bias of each BatchNorm whose output a ReLU takes shifted, per channel, by the
+    least amount that keeps every ReLU input of the anchor's train-mode forward on ``x`` at least
+    KINK_MARGIN times that ReLU's largest input away from zero (see KINK_MARGIN). A ResNet's stem
+    BatchNorms and each block's bn1 and bn2 feed a ReLU directly; bn3 feeds it through the residual
+    add, which a shift of its bias moves by exactly that shift (train mode). A ResNet with SE is
+    returned unchanged (the SE gate between bn3 and the add would move with the shift, so no bias
+    shift clears the block outputs), as are other models (EfficientNets: SiLU) and layers."""
+    from .specs import ResNetSpec
+
+    if not isinstance(case.spec, ResNetSpec) or case.spec.se:
+        return dict(w)
+    import torch
+
+    backend = get_backend("torch")
+    model = backend.build(case.spec, 0, dtype="float64")
+    backend.load_weights(model, w)
+    direct = ["conv1.1", "conv1.4", "bn1"] if case.spec.stem == "deep" else ["bn1"]
+    through_add = []
+    for b in case.spec.blocks():
+        direct += [b.prefix + "bn1", b.prefix + "bn2"]
+        through_add.append(b.prefix[:-1])
+    block_inputs: dict[str, torch.Tensor] = {}
+
+    def shift_output(module, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        margin = KINK_MARGIN * float(z.abs().max())
+        values = z.detach().transpose(0, 1).reshape(z.shape[1], -1).cpu().numpy()
+        shifts = torch.tensor([relu_kink_shift(v, margin) for v in values], dtype=out.dtype, device=out.device)
+        with torch.no_grad():
+            module.bias += shifts
+        return out + shifts.reshape(1, -1, *([1] * (out.ndim - 2)))
+
+    def direct_hook(module, args, out):
+        return shift_output(module, out, out)
+
+    def remember_input(name):
+        def hook(module, args):
+            block_inputs[name] = args[0]
+        return hook
+
+    def add_hook(block_name):
+        def hook(module, args, out):
+            block = model.get_submodule(block_name)
+            x_in = block_inputs[block_name]
+            shortcut = block.downsample(x_in) if block.downsample is not None else x_in
+            return shift_output(module, out + shortcut, out)
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(direct_hook) for name in direct]
+    for name in through_add:
+        handles.append(model.get_submodule(name).register_forward_pre_hook(remember_input(name)))
+        handles.append(model.get_submodule(name + ".bn3").register_forward_hook(add_hook(name)))
+    try:
+        backend.forward(model, x, train=True)
+    finally:
+        for h in handles:
+            h.remove()
+    state = backend.export_weights(model)
+    out = dict(w)
+    for name in direct + [n + ".bn3" for n in through_add]:
+        out[name + ".bias"] = np.asarray(state[name + ".bias"], np.float64).astype(np.float32)
     return out
 
 
@@ -336,14 +452,19 @@ def observed(framework: str, case: Case, w: Mapping[str, np.ndarray], x: np.ndar
 
 
 def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads: int | None = None,
-               precision: str = "float32", perturb: str | None = None, float64: bool = True) -> list[TensorCheck]:
+               precision: str = "float32", perturb: str | None = None, float64: bool = True,
+               train_steps: int = 0) -> list[TensorCheck]:
     """Compare each framework with the reference on ``case`` (the module docstring: a layer in float32;
     a model in a float32 and, unless ``float64`` is False, a float64 stage, rows marked by ``stage``).
 
     ``perturb`` names a canonical weight that is changed (by 1e-3 of its scale) in the frameworks'
     copy only: a self-test that shows the check can fail.
+    A model is also trained ``train_steps`` steps in each stage (training_checks; `lambda-bench check`
+    does TRAINING_STEPS, this function none unless asked: the test suite checks training on its own).
     """
     frameworks = list(frameworks)
+    if train_steps and case.is_model:
+        load_torch_training()  # before any TensorFlow is loaded
     tolerance = tolerance_for(case, precision)
     w, x, cotangent = inputs(case, seed)
     ref = expected(case, w, x, cotangent)
@@ -378,6 +499,9 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
         for fw in frameworks:
             rows.extend(TensorCheck(case.name, fw, t, e, stage_tolerance, stage, limits.get(t))
                         for t, e in errors[fw].items())
+    if train_steps:
+        rows.extend(training_checks(case, frameworks, stages, steps=train_steps, seed=seed, threads=threads,
+                                    perturb=perturb))
     if float64 and precision == "float32":
         rows = apply_agreement_rule(rows, observations["float32"], ref)
     return rows
@@ -433,6 +557,88 @@ def apply_agreement_rule(rows: list[TensorCheck], float32_observations: Mapping[
             r = dataclasses.replace(r, agreement_error=distance, float64_passed=passed64[r.framework])
         out.append(r)
     return out
+
+
+
+
+def load_torch_training() -> None:
+    """Create and step one torch SGD optimizer now, before TensorFlow loads: torch's first optimizer
+    step imports torch._dynamo (and triton), which kills a process that has loaded TensorFlow
+    (signal 11: EfficientNet-B0's training stage, torch after TensorFlow). A no-op once done."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    param.grad = torch.zeros(1)
+    torch.optim.SGD([param], lr=0.1, momentum=0.9).step()
+
+
+def training_losses(framework: str, case: Case, *, steps: int = TRAINING_STEPS, seed: int = 0,
+                    threads: int | None = None, dtype: str = "float32",
+                    weights: Mapping[str, np.ndarray] | None = None) -> list[float]:
+    """The loss of each of ``steps`` training steps of ``framework``'s measured train step on
+    ``case``'s synthetic batch, the model built in ``dtype`` from canonical ``weights`` (default: its
+    initial weights for ``seed``, what ``prepare`` builds)."""
+    backend = get_backend(framework)
+    backend.configure(threads=threads)
+    step = backend.prepare(case, mode="train", compile=TRAINING_COMPILE[framework], device="cpu", seed=seed)
+    if dtype != "float32" or weights is not None:
+        model = backend.build(case.spec, seed, dtype=dtype)
+        if weights is not None:
+            backend.load_weights(model, weights)
+        # the same Step class, constructed as prepare does (the protocol's constructor), on this model
+        step = type(step)(model, case, mode="train", precision="fp32", compile=TRAINING_COMPILE[framework],
+                           device="cpu", seed=seed)
+    losses = []
+    for _ in range(steps):
+        step.step()
+        losses.append(step.loss())
+    return losses
+
+
+def training_name(i: int) -> str:
+    return f"loss after step {i + 1}"
+
+
+def training_checks(case: Case, frameworks: list[str], stages: list[tuple[str, float]], *, steps: int = TRAINING_STEPS,
+                    seed: int = 0, threads: int | None = None, perturb: str | None = None) -> list[TensorCheck]:
+    """Rows "loss after step i" for every framework and stage: each loss against the anchor's (torch's
+    train step on its float64 model); a loss above the tolerance passes as rounding-limited within
+    ROUNDING_FACTOR times the largest distance the anchor's losses move when it is trained from its
+    weights jittered at the stage's rounding (ROUNDING_PROBES runs, made only where needed).
+    ``perturb``: that weight changed by 1e-3 of its scale in the frameworks' initial weights only.
+    NonFiniteError where the anchor's loss is NaN or Inf (the recipe diverged)."""
+    load_torch_training()  # the anchor trains in torch
+    w0 = canonical.init_weights(case.spec, seed)
+    w_frameworks = None
+    if perturb is not None:
+        a = w0[perturb]
+        w_frameworks = {**w0, perturb: (a + 1e-3 * max(float(np.abs(a).max()), 1.0)).astype(np.float32)}
+    ref = training_losses("torch", case, steps=steps, seed=seed, threads=threads, dtype="float64")
+    if not all(np.isfinite(ref)):
+        bad = next(i for i, v in enumerate(ref) if not np.isfinite(v))
+        raise NonFiniteError(f"{case.name}: the anchor's training loss is {ref[bad]} at step {bad + 1} of {steps} "
+                             f"(losses {', '.join(f'{v:.4g}' for v in ref)}): the synthetic recipe diverges")
+    rows = []
+    for stage, tolerance in stages:
+        got = {fw: training_losses(fw, case, steps=steps, seed=seed, threads=threads, dtype=stage, weights=w_frameworks)
+               for fw in frameworks}
+        errors = {fw: [relative_error(np.float64(v), np.float64(r)) for v, r in zip(losses, ref)]
+                  for fw, losses in got.items()}
+        limits: list[float | None] = [None] * steps
+        if stage in ROUNDING and any(not e <= tolerance for fw_errors in errors.values() for e in fw_errors):
+            worst = [0.0] * steps
+            for probe in range(ROUNDING_PROBES):
+                rng = np.random.default_rng([seed, 3, probe])
+                moved = training_losses("torch", case, steps=steps, seed=seed, threads=threads, dtype="float64",
+                                        weights=jittered(case.spec, w0, ROUNDING[stage], int(rng.integers(2 ** 31))))
+                worst = [max(m, relative_error(np.float64(v), np.float64(r))) for m, v, r in zip(worst, moved, ref)]
+            limits = [ROUNDING_FACTOR * m for m in worst]
+        for fw in frameworks:
+            rows.extend(TensorCheck(case.name, fw, training_name(i), e, tolerance, stage, limits[i])
+                        for i, e in enumerate(errors[fw]))
+    return rows
 
 
 def _observed_checked(fw: str, case: Case, w, x, cotangent, ref, **kwargs) -> dict[str, np.ndarray]:
@@ -575,7 +781,7 @@ def read_records(path) -> dict[str, dict]:
 
 
 def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: int | None = None,
-                               timeout_s: float | None = None) -> dict:
+                               timeout_s: float | None = None, train_steps: int | None = None) -> dict:
     """One preset checked by `lambda-bench check NAME --json` in a fresh process (a crash or running out
     of memory costs that preset only), reduced to a record: pass/fail/error, seconds, the summary
     per framework and stage, and the tensors that failed."""
@@ -590,6 +796,8 @@ def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: in
     command = [sys.executable, "-m", "lambda_bench", "check", case.name, "--json", "--frameworks", ",".join(frameworks)]
     if threads is not None:
         command += ["--threads", str(threads)]
+    if train_steps is not None:
+        command += ["--train-steps", str(train_steps)]
     started = time.perf_counter()
     record = {"preset": case.name, "family": zoo.family(case.spec), "input_shape": list(case.input_shape),
               "frameworks": frameworks}
@@ -648,4 +856,46 @@ def summary_table(records: Mapping[str, dict], frameworks: list[str]) -> str:
     lines.append("worst error per family and stage:")
     for (family, st), (err, where) in sorted(worst.items()):
         lines.append(f"  {family:20s} {st:8s} {err:.2e}  ({where})")
+    return "\n".join(lines)
+
+
+def summary_markdown(records: Mapping[str, dict], frameworks: list[str], presets: int) -> str:
+    """The records of a `check --all` file as Markdown (docs/checks.md's last full run): where and
+    when it ran, one row per preset (status and worst error per framework and stage, seconds), the
+    worst error per family and stage, and the totals."""
+    stages = ("float32", "float64")
+    commits = sorted({r.get("commit") or "unknown" for r in records.values()})
+    hosts = sorted({r.get("host") or "unknown" for r in records.values()})
+    dates = sorted(r["checked_at"] for r in records.values() if r.get("checked_at"))
+    seconds = sum(r.get("seconds", 0) for r in records.values())
+    counts = {s: sum(r["status"] == s for r in records.values()) for s in ("pass", "fail", "error")}
+    lines = [f"{len(records)} of {presets} presets checked ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+             f"{seconds / 3600:.1f} h of checking in all; host {', '.join(hosts)}; commit {', '.join(commits)}"
+             + (f"; {dates[0]} to {dates[-1]}" if dates else "") + ".", ""]
+    lines.append("| preset | family | input | seconds | " + " | ".join(f"{fw} {st}" for fw in frameworks for st in stages)
+                 + " | result |")
+    lines.append("|" + "---|" * (5 + len(frameworks) * len(stages)))
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
+    for name, r in records.items():
+        by_key = {(s["framework"], s["stage"]): s for s in r.get("summary", [])}
+        cells = []
+        for fw in frameworks:
+            for st in stages:
+                s = by_key.get((fw, st))
+                if s is None:
+                    cells.append("–")
+                    continue
+                cells.append(f"{'ok' if s['ok'] else '**FAIL**'} {s['worst']:.1e}")
+                key = (r["family"], st)
+                if s["worst"] == s["worst"] and (key not in worst or s["worst"] > worst[key][0]):
+                    worst[key] = (s["worst"], f"`{name}` {fw} {s['worst_tensor']}")
+        result = r["status"] if r["status"] != "error" else f"error: {r.get('error', '')}".replace("|", "/")
+        shape = "×".join(str(d) for d in r.get("input_shape", []))
+        lines.append(f"| `{name}` | {r['family']} | {shape} | {r.get('seconds', 0):.0f} | " + " | ".join(cells)
+                     + f" | {result} |")
+    lines += ["", "Worst error per family and stage (max|ours - ref| / max|ref|; a tensor above its tolerance "
+              "passes only as rounding-limited or float32-agreeing):", "",
+              "| family | stage | worst error | where |", "|---|---|---|---|"]
+    for (family, st), (err, where) in sorted(worst.items()):
+        lines.append(f"| {family} | {st} | {err:.2e} | {where} |")
     return "\n".join(lines)

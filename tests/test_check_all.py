@@ -58,7 +58,7 @@ def test_check_all_stops_at_the_budget(tmp_path, monkeypatch, capsys):
     path = tmp_path / "all.jsonl"
     monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda"), zoo.get("sasa")])
     monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
-                        lambda case, frameworks, threads=None: (__import__("time").sleep(0.1), _record(case.name))[1])
+                        lambda case, frameworks, **options: (__import__("time").sleep(0.1), _record(case.name))[1])
     assert cli.main(["check", "--all", "--frameworks", "torch", "--budget-minutes", "0.001", "--resume", str(path)]) == 1
     out = capsys.readouterr().out
     assert "budget spent" in out and f"--resume {path}" in out
@@ -79,7 +79,43 @@ def test_an_errored_preset_is_checked_again_on_resume(tmp_path, monkeypatch, cap
     monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda")])
     checked = []
     monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
-                        lambda case, frameworks, threads=None: (checked.append(case.name), _record(case.name))[1])
+                        lambda case, frameworks, **options: (checked.append(case.name), _record(case.name))[1])
     assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
     assert checked == ["lambda"]
     assert equivalence.read_records(path)["lambda"]["status"] == "pass"
+
+
+def test_check_all_records_commit_and_host(tmp_path, monkeypatch):
+    path = tmp_path / "all.jsonl"
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda")])
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess", lambda case, frameworks, **options: _record(case.name))
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 0
+    record = equivalence.read_records(path)["lambda"]
+    assert record["host"]
+    assert record["commit"] is None or len(record["commit"].removesuffix("-dirty")) == 40
+
+
+def test_summary_prints_the_file_as_markdown_and_checks_nothing(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    records = [{**_record("lambda"), "commit": "abc", "host": "box", "checked_at": "2026-01-01T00:00:00Z",
+                "input_shape": [2, 8, 10, 64]},
+               {**_record("sasa", ok=False), "commit": "abc", "host": "box", "seconds": 7200.0},
+               {**_record("mhsa"), "status": "error", "ok": False, "error": "killed by signal 9 (out of memory?)"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess", lambda *a, **k: pytest.fail("checked something"))
+    assert cli.main(["check", "--all", "--resume", str(path), "--summary"]) == 1  # not all passed
+    out = capsys.readouterr().out
+    assert "3 of " in out and "1 pass, 1 fail, 1 error" in out and "host box" in out and "commit abc, unknown" in out
+    assert "| `lambda` | layer | 2×8×10×64 | 1 | ok 1.0e-07 | – | pass |" in out
+    assert "| `sasa` | layer |  | 7200 | **FAIL** 5.0e-01 | – | fail |" in out
+    assert "error: killed by signal 9 (out of memory?)" in out
+    assert "| layer | float32 | 5.00e-01 | `sasa` torch grad x |" in out
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records)  # untouched
+
+
+@pytest.mark.parametrize("argv", [["check", "--all", "--summary"], ["check", "lambda", "--summary"]])
+def test_summary_needs_a_results_file(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lambda-bench: error:") and len(err.strip().splitlines()) == 1

@@ -175,6 +175,8 @@ class JaxStep:
 
     def __init__(self, model: nnx.Module, case: Any, *, mode: str, precision: str, compile: str, device: Any,
                  seed: int):
+        if isinstance(device, str):  # "cpu" / "cuda" as the harness names them, or a jax Device
+            device = _step_device(device)
         self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, device
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self._graphdef = graphdef
@@ -193,7 +195,9 @@ class JaxStep:
                 y, new_rest = _bf16_autocast(functools.partial(apply_fp32, train=train))(params, rest, x)
             else:
                 y, new_rest = apply_fp32(params, rest, x, train)
-            return y.astype(jnp.float32), new_rest
+            # float32 out (bf16 inside), float64 kept in a float64 model (the float64 training stage of
+            # lambda_bench.equivalence)
+            return (y if y.dtype == jnp.float64 else y.astype(jnp.float32)), new_rest
 
         def infer(params, rest, x):
             return apply(params, rest, x, False)[0]
@@ -221,18 +225,20 @@ class JaxStep:
                 return fn(*args)
             return traced
 
+        # a float64 model keeps float64 arrays (and computes in float64) only under jax.enable_x64
+        self._x64 = _is_float64(model)
         put = functools.partial(jax.device_put, device=self.device)
-        self._params, self._rest = put(params), put(rest)
-        self._x = put(jnp.asarray(x))
-        self._labels = None if labels is None else put(jnp.asarray(labels))
+        with self._numerics():
+            self._params, self._rest = put(params), put(rest)
+            self._x = put(jnp.asarray(x))
+            self._labels = None if labels is None else put(jnp.asarray(labels))
+            self._momentum = put(jax.tree.map(jnp.zeros_like, params)) if mode == "train" else None
         self._forward = jax.jit(infer)  # uncounted, for _output()
         self._out = None
         self._loss = None
         if mode == "train":
-            self._momentum = put(jax.tree.map(jnp.zeros_like, params))
             self._step = jax.jit(counted(train), donate_argnums=(0, 1, 2))
         else:
-            self._momentum = None
             self._step = jax.jit(counted(infer))
         self._infer_fp32 = jax.jit(lambda params, rest, x: apply_fp32(params, rest, x, False)[0])
 
@@ -243,12 +249,13 @@ class JaxStep:
         return self._traces
 
     def step(self) -> None:
-        if self.mode == "train":
-            self._params, self._rest, self._momentum, self._loss = self._step(
-                self._params, self._rest, self._momentum, self._x, self._labels)
-            jax.block_until_ready((self._params, self._rest, self._momentum, self._loss))
-        else:
-            self._out = jax.block_until_ready(self._step(self._params, self._rest, self._x))
+        with self._numerics():
+            if self.mode == "train":
+                self._params, self._rest, self._momentum, self._loss = self._step(
+                    self._params, self._rest, self._momentum, self._x, self._labels)
+                jax.block_until_ready((self._params, self._rest, self._momentum, self._loss))
+            else:
+                self._out = jax.block_until_ready(self._step(self._params, self._rest, self._x))
 
     def loss(self) -> float:
         if self.mode != "train" or self._loss is None:
@@ -283,13 +290,18 @@ class JaxStep:
         """The latest infer step's output, float32 NumPy NHWC (for tests); in train mode, whose step
         keeps no output, or before a step: the inference forward (at the step's precision) of the
         current state."""
-        out = self._out if self._out is not None else self._forward(self._params, self._rest, self._x)
+        with self._numerics():
+            out = self._out if self._out is not None else self._forward(self._params, self._rest, self._x)
         return np.asarray(out)
 
     def _weights(self) -> dict[str, np.ndarray]:
         model = nnx.merge(self._graphdef, self._params, self._rest)
         with _precision(model):
             return model.export_canonical()
+
+    def _numerics(self) -> Any:
+        """jax.enable_x64(True) for a float64 model (see _precision), else nothing."""
+        return jax.enable_x64(True) if self._x64 else contextlib.nullcontext()
 
 
 def clip_gradients(grads: Any) -> Any:

@@ -38,8 +38,25 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """One (k, k) filter per channel (kernel (k, k, 1, C)), zero padding k // 2 on every side."""
+    """One (k, k) filter per channel (kernel (k, k, 1, C)), zero padding k // 2 on every side.
+
+    In float64 (the float64 stage of lambda_bench.equivalence) a sum over the k * k taps of a strided
+    slice times that tap's weights, not a grouped convolution: XLA's CPU compiler runs grouped
+    convolutions natively only in float32 and float16 and rewrites a float64 one into a dense
+    convolution with a C x C filter (C times the work and the memory: EfficientNet-B6's check at 64 px
+    asked for a 26 GB buffer)."""
     pad = kernel.shape[0] // 2
+    if x.dtype == jnp.float64:
+        k, (b, height, width, c) = kernel.shape[0], x.shape
+        rows, cols = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        y = jnp.zeros((b, rows, cols, c), x.dtype)
+        for i in range(k):
+            for j in range(k):
+                tap = jax.lax.slice(padded, (0, i, j, 0), (b, i + (rows - 1) * stride + 1, j + (cols - 1) * stride + 1, c),
+                                    (1, stride, stride, 1))
+                y = y + tap * kernel[i, j, 0]
+        return y
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1], precision=HIGHEST)

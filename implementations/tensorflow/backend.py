@@ -69,7 +69,9 @@ class TensorFlowStep:
                  device: str, seed: int):
         self.model, self.case = model, case
         self.mode, self.precision, self.compile = mode, precision, compile
-        self.device = device  # "/CPU:0" or "/GPU:0"
+        # "/CPU:0" or "/GPU:0"; the harness's "cpu" / "cuda" are accepted too
+        self.device = {"cpu": "/CPU:0", "cuda": "/GPU:0"}.get(device, device)
+        device = self.device
         self._gpu = device.startswith("/GPU")
         self._loss_value: tf.Tensor | None = None
         self._output_value: tf.Tensor | None = None
@@ -77,12 +79,13 @@ class TensorFlowStep:
         x, labels = steps.synthetic_batch(case, seed)
         model.spec.check_input(x.shape, "NHWC")
         with tf.device(device):
-            # tf.identity places the tensor on the device (tf.constant alone stays on the host)
-            self._x = tf.identity(tf.constant(x, tf.float32))
+            # tf.identity places the tensor on the device (tf.constant alone stays on the host); in the
+            # model's dtype (float64 for the float64 training stage of lambda_bench.equivalence)
+            self._x = tf.identity(tf.constant(x, model.compute_dtype))
             self._labels = None if labels is None else tf.identity(tf.constant(labels, tf.int32))
             self._params = [model.variable(name) for name in canonical.shapes(model.spec)
                             if not canonical.is_buffer(name)]
-            self._momentum = ([tf.Variable(tf.zeros(p.shape, tf.float32), trainable=False,
+            self._momentum = ([tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False,
                                            name=f"momentum_{i}") for i, p in enumerate(self._params)]
                               if mode == "train" else [])
         python_step = self._train if mode == "train" else self._infer

@@ -16,7 +16,7 @@ from lambda_bench import families
 from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
-from ._numerics import DTYPES, as_float
+from ._numerics import DTYPES, as_float, at_least_fp32
 
 
 def model_class(spec: Any) -> type:
@@ -45,7 +45,8 @@ class TorchStep:
 
     def __init__(self, model: nn.Module, case: Any, *, mode: str, precision: str, compile: str,
                  device: torch.device, seed: int):
-        self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, device
+        # "cpu" / "cuda" as the harness names them, or a torch.device
+        self.case, self.mode, self.precision, self.compile, self.device = case, mode, precision, compile, torch.device(device)
         self.model = model  # uncompiled: count_flops runs it, and it holds the parameters
         self._traces = 0
         if compile == "compiled":
@@ -58,8 +59,10 @@ class TorchStep:
         else:
             self._forward = model
         x, labels = steps.synthetic_batch(case, seed)
-        # once, before any timing: step() copies nothing from the host
-        self._x = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).contiguous()
+        # once, before any timing: step() copies nothing from the host; in the model's dtype (float64 for
+        # the float64 training stage of lambda_bench.equivalence)
+        dtype = next(model.parameters()).dtype
+        self._x = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype).permute(0, 3, 1, 2).contiguous()
         self._labels = None if labels is None else torch.from_numpy(labels).to(device=device, dtype=torch.long)
         self._optimizer = None
         if mode == "train":
@@ -148,9 +151,9 @@ class TorchStep:
         return contextlib.nullcontext()
 
     def _loss_of(self, out: torch.Tensor) -> torch.Tensor:
-        if self._labels is not None:  # a model: logits (b, classes); cross-entropy in float32
-            return F.cross_entropy(out.float(), self._labels)
-        return 0.5 * out.float().square().mean()  # a layer: a synthetic regression loss
+        if self._labels is not None:  # a model: logits (b, classes); cross-entropy in float32 at least
+            return F.cross_entropy(at_least_fp32(out), self._labels)
+        return 0.5 * at_least_fp32(out).square().mean()  # a layer: a synthetic regression loss
 
 
 def clip_gradients(params: list) -> None:
@@ -158,7 +161,7 @@ def clip_gradients(params: list) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    norm = torch.sqrt(sum((at_least_fp32(g) ** 2).sum() for g in grads))
     scale = steps.GRADIENT_CLIP_NORM / torch.clamp(norm, min=steps.GRADIENT_CLIP_NORM)
     for g in grads:
         g.mul_(scale.to(g.dtype))

@@ -69,8 +69,10 @@ class Step(Protocol):
 
     def __init__(self, model: Any, case: Any, *, mode: str, precision: str, compile: str, device: Any,
                  seed: int) -> None:
-        """``model`` built by the backend for ``case.spec``; ``device`` where the step runs, as the
-        framework names it (prepare resolves "cpu" / "cuda" and raises Unsupported where it is missing)."""
+        """``model`` built by the backend for ``case.spec`` (float32; a float64 model trains in float64:
+        the training stage of lambda_bench.equivalence); ``device`` where the step runs, as the framework
+        names it or as the harness does ("cpu" / "cuda"; prepare checks that it exists and raises
+        Unsupported where it is missing)."""
 
     @property
     def traces(self) -> int:
