@@ -323,9 +323,9 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
     add, which a shift of its bias moves by exactly that shift (train mode). A ResNet with SE is
     returned unchanged (the SE gate between bn3 and the add would move with the shift, so no bias
     shift clears the block outputs), as are other models (EfficientNets: SiLU) and layers."""
-    from .specs import ResNetSpec
+    from . import families
 
-    if not isinstance(case.spec, ResNetSpec) or case.spec.se:
+    if families.family_of(case.spec).name != "resnet" or case.spec.se:
         return dict(w)
     import torch
 
