@@ -31,7 +31,26 @@ HIGHEST = jax.lax.Precision.HIGHEST
 MASKED_LOGIT = -1e9  # a key outside the image: exp(MASKED_LOGIT - max) is exactly 0 in float32
 
 
-class RelativeAttention(nnx.Module):
+class CanonicalAttention(nnx.Module):
+    """What every attention layer offers the harness: its variables by canonical name, canonical
+    weights in and out (the subclasses hold ``spec`` and build the variables)."""
+
+    def variable(self, name: str) -> nnx.Variable:
+        """The nnx variable holding canonical tensor ``name``."""
+        return functools.reduce(getattr, _attribute_path(name), self)
+
+    def load_canonical(self, weights) -> None:
+        _load_canonical(self, weights)
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return _export_canonical(self)
+
+    def native_to_canonical(self, name: str, a) -> np.ndarray:
+        """A value (or gradient) of variable ``name`` in the canonical layout."""
+        return _native_to_canonical(name, a)
+
+
+class RelativeAttention(CanonicalAttention):
     """mhsa (every position, fixed size) or sasa (a window x window neighbourhood, any size)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0):
@@ -50,20 +69,6 @@ class RelativeAttention(nnx.Module):
             self.index_w = axis_relative_index(width)
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str) -> nnx.Variable:
-        """The nnx variable holding canonical tensor ``name``."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return _native_to_canonical(name, a)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width = self.spec.check_input(x.shape, "NHWC")
@@ -132,7 +137,7 @@ class AxialPass(nnx.Module):
         return jnp.einsum("bxhyz,bzxhd->byxhd", attn, v, precision=HIGHEST).reshape(b, length, other, d_out)
 
 
-class AxialAttention(nnx.Module):
+class AxialAttention(CanonicalAttention):
     """Attention along the height (within each column), then along the width (within each row)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0):
@@ -144,20 +149,6 @@ class AxialAttention(nnx.Module):
         self.width = AxialPass(spec.d_out, spec.d_out, spec.heads, width)
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str) -> nnx.Variable:
-        """The nnx variable holding canonical tensor ``name``."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return _native_to_canonical(name, a)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.spec.check_input(x.shape, "NHWC")

@@ -35,7 +35,26 @@ if keras.backend.backend() != "tensorflow":
 MASKED_LOGIT = -1e9  # a key outside the image: exp(MASKED_LOGIT - max) is exactly 0 in float32
 
 
-class RelativeAttention(keras.layers.Layer):
+class CanonicalAttention(keras.layers.Layer):
+    """What every attention layer offers the harness: its variables by canonical name, canonical
+    weights in and out (the subclasses hold ``spec`` and build the variables)."""
+
+    def variable(self, name: str):
+        """The Keras variable holding canonical tensor ``name``."""
+        return functools.reduce(getattr, _attribute_path(name), self)
+
+    def load_canonical(self, weights) -> None:
+        _load_canonical(self, weights)
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return _export_canonical(self)
+
+    def native_to_canonical(self, name: str, a) -> np.ndarray:
+        """A value (or gradient) of variable ``name`` in the canonical layout."""
+        return _native_to_canonical(name, a)
+
+
+class RelativeAttention(CanonicalAttention):
     """mhsa (every position, fixed size) or sasa (a window x window neighbourhood, any size)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0, **kwargs):
@@ -56,20 +75,6 @@ class RelativeAttention(keras.layers.Layer):
         self.built = True
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str):
-        """The Keras variable holding canonical tensor ``name``."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return _native_to_canonical(name, a)
 
     def call(self, x, training=False):
         if x.shape.is_fully_defined():
@@ -141,7 +146,7 @@ class AxialPass(keras.layers.Layer):
         return tf.reshape(tf.einsum("bxhyz,bzxhd->byxhd", attn, v), (b, length, other, d_out))
 
 
-class AxialAttention(keras.layers.Layer):
+class AxialAttention(CanonicalAttention):
     """Attention along the height (within each column), then along the width (within each row)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0, **kwargs):
@@ -155,20 +160,6 @@ class AxialAttention(keras.layers.Layer):
         self.built = True
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str):
-        """The Keras variable holding canonical tensor ``name``."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return _native_to_canonical(name, a)
 
     def call(self, x, training=False):
         if x.shape.is_fully_defined():

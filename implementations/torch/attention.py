@@ -29,7 +29,26 @@ from ._numerics import as_float, assign
 MASKED_LOGIT = -1e9  # a key outside the image: exp(MASKED_LOGIT - max) is exactly 0 in float32
 
 
-class RelativeAttention(nn.Module):
+class CanonicalAttention(nn.Module):
+    """What every attention layer offers the harness: its variables by canonical name, canonical
+    weights in and out (the subclasses hold ``spec`` and build the variables)."""
+
+    def variable(self, name: str) -> torch.Tensor:
+        """The parameter holding canonical tensor ``name`` (torch uses the canonical names)."""
+        return functools.reduce(getattr, _attribute_path(name), self)
+
+    def load_canonical(self, weights) -> None:
+        _load_canonical(self, weights)
+
+    def export_canonical(self) -> dict[str, np.ndarray]:
+        return _export_canonical(self)
+
+    def native_to_canonical(self, name: str, a) -> np.ndarray:
+        """A value (or gradient) of parameter ``name`` in the canonical layout."""
+        return _native_to_canonical(self, name, a)
+
+
+class RelativeAttention(CanonicalAttention):
     """mhsa (every position, fixed size) or sasa (a window x window neighbourhood, any size)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0):
@@ -49,20 +68,6 @@ class RelativeAttention(nn.Module):
             self.register_buffer("index_w", torch.from_numpy(axis_relative_index(width)), persistent=False)
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str) -> torch.Tensor:
-        """The parameter holding canonical tensor ``name`` (torch uses the canonical names)."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of parameter ``name`` in the canonical layout."""
-        return _native_to_canonical(self, name, a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width = self.spec.check_input(x.shape, "NCHW")
@@ -130,7 +135,7 @@ class AxialPass(nn.Module):
         return torch.einsum("bhxyz,bhdzx->bhdyx", attn, v).reshape(b, d_out, length, other)
 
 
-class AxialAttention(nn.Module):
+class AxialAttention(CanonicalAttention):
     """Attention along the height (within each column), then along the width (within each row)."""
 
     def __init__(self, spec: AttentionSpec, seed: int = 0):
@@ -143,20 +148,6 @@ class AxialAttention(nn.Module):
         self.width = AxialPass(spec.d_out, spec.d_out, spec.heads, width)
 
         self.load_canonical(init_attention(spec, seed))
-
-    def variable(self, name: str) -> torch.Tensor:
-        """The parameter holding canonical tensor ``name`` (torch uses the canonical names)."""
-        return functools.reduce(getattr, _attribute_path(name), self)
-
-    def load_canonical(self, weights) -> None:
-        _load_canonical(self, weights)
-
-    def export_canonical(self) -> dict[str, np.ndarray]:
-        return _export_canonical(self)
-
-    def native_to_canonical(self, name: str, a) -> np.ndarray:
-        """A value (or gradient) of parameter ``name`` in the canonical layout."""
-        return _native_to_canonical(self, name, a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.spec.check_input(x.shape, "NCHW")
