@@ -15,7 +15,7 @@ def _wanted(config) -> bool:
 def pytest_collection_modifyitems(config, items):
     if _wanted(config):
         return
-    skip = pytest.mark.skip(reason="peer benchmark: run with --benchmark-only (or LAMBDA_BENCH_BENCHMARKS=1)")
+    skip = pytest.mark.skip(reason="benchmark: run with --benchmark-only (or LAMBDA_BENCH_BENCHMARKS=1)")
     for item in items:
         if "benchmarks" in item.nodeid.split("::")[0].split("/"):
             item.add_marker(skip)
