@@ -375,7 +375,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              image_sizes=_int_list("--image-size", args.image_size),
                              batch_sizes=_int_list("--batch-size", args.batch_size), modes=_csv(args.mode),
                              precisions=_csv(args.precision), compiles=_csv(args.compile), devices=_csv(args.device),
-                             threads=args.threads, timeout_s=args.timeout)
+                             threads=args.threads, timeout_s=args.timeout, processes=args.processes)
     if args.remeasure is not None or args.max_interference is not None:
         config = {**config, "timing": {**config.get("timing", {}), **{k: v for k, v in (
             ("remeasure", args.remeasure), ("max_interference", args.max_interference)) if v is not None}}}
@@ -440,8 +440,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"RUN_DIR {args.run_dir!r}: no {results.ROWS_FILE} rows there; not a lambda-bench run")
     if args.against and args.interleaved:
         raise UsageError("--against compares two existing runs; --interleaved measures: give one of them")
+    if args.processes is not None and args.against:
+        raise UsageError("--processes sets how the cases are measured again; --against measures nothing")
     if args.interleaved:
-        sweep = reproduce.sweep_of(args.run_dir)
+        sweep = reproduce.sweep_of(args.run_dir, processes=args.processes)
         base = args.out or os.path.normpath(args.run_dir) + "-interleaved"
         first_dir, second_dir = base + "-a", base + "-b"
         command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
@@ -460,7 +462,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if not second:
             raise ValueError(f"--against {second_dir!r}: no {results.ROWS_FILE} rows there; not a lambda-bench run")
     else:
-        sweep = reproduce.sweep_of(args.run_dir)
+        sweep = reproduce.sweep_of(args.run_dir, processes=args.processes)
         second_dir = args.out or os.path.normpath(args.run_dir) + "-repro"
         command = "lambda-bench " + " ".join(shlex.quote(a) for a in args.argv)
         if not args.json:
@@ -608,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, tpu")
     p.add_argument("--threads", type=int, help="CPU threads for every framework (the worker is pinned to them)")
     p.add_argument("--timeout", type=float, help="seconds per case before its worker is killed (status timeout)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="fresh worker processes per case, one after the other; the row keeps the median of their "
+                        "median step times (default 1; docs/measurement.md: 3 on a noisy virtual machine)")
     p.add_argument("--remeasure", type=int, metavar="N",
                    help="times a case is timed again when its window was busy or unstable (default 2; 0: only flag)")
     p.add_argument("--max-interference", type=float, metavar="FRACTION",
@@ -644,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the second measurement goes (default RUN_DIR-repro)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted second measurement in --out")
     p.add_argument("--against", metavar="OTHER_RUN", help="compare with this existing run instead of measuring")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="fresh worker processes per case for the new measurement(s) (default: the run's own)")
     p.add_argument("--interleaved", action="store_true",
                    help="measure every case twice more, back to back, into OUT-a and OUT-b (default OUT: "
                         "RUN_DIR-interleaved) and compare those: a case's own scatter, without the machine's "

@@ -73,6 +73,20 @@ class Agreement:
         return statistics.median(ratios) if ratios else None
 
     @property
+    def probe_range(self) -> float | None:
+        """Slowest / fastest machine-speed probe over every compared row of both runs: how much the
+        machine's own speed moved while they ran (None without probes)."""
+        probes = [r["probe_s"] for a, b, _ in self.pairs for r in (a, b) if _positive(r.get("probe_s"))]
+        return max(probes) / min(probes) if probes else None
+
+    @property
+    def process_spread(self) -> float | None:
+        """Median over compared rows of process_spread (rows measured in several processes), else None."""
+        spreads = [r["process_spread"] for a, b, _ in self.pairs for r in (a, b)
+                   if isinstance(r.get("process_spread"), (int, float)) and math.isfinite(r["process_spread"])]
+        return statistics.median(spreads) if spreads else None
+
+    @property
     def reproduces(self) -> bool:
         return self.n > 0 and self.share_within >= SHARE and not self.beyond_worst
 
@@ -82,6 +96,8 @@ class Agreement:
                 "share_within_10pct": self.share_within if self.n else None,
                 "worst_case": worst_id, "worst_ratio": worst_ratio, "beyond_1_5x": self.beyond_worst,
                 "probe_ratio": self.probe_ratio if self.n else None,
+                "probe_range": self.probe_range if self.n else None,
+                "process_spread": self.process_spread if self.n else None,
                 "reproduces": self.reproduces, "only_in_first": self.only_in_a, "only_in_second": self.only_in_b,
                 "bar": {"within": WITHIN, "share": SHARE, "worst": WORST},
                 "per_case": [{"case_id": a["case_id"], "first_s": a["step_time_median_s"],
@@ -113,8 +129,9 @@ def compare(rows_a: Iterable[Mapping[str, Any]], rows_b: Iterable[Mapping[str, A
     return agreement
 
 
-def sweep_of(run_dir: Path | str):
-    """The ok cases of ``run_dir`` as a runner.Sweep with the run's own settings (env.json)."""
+def sweep_of(run_dir: Path | str, processes: int | None = None):
+    """The ok cases of ``run_dir`` as a runner.Sweep with the run's own settings (env.json); ``processes``
+    replaces the run's processes per case (ValueError unless a positive integer)."""
     from . import runner
     from .measure.timing import TimingConfig
 
@@ -134,9 +151,15 @@ def sweep_of(run_dir: Path | str):
     if not cases:
         raise ValueError(f"RUN_DIR {str(run_dir)!r}: no ok rows to measure again")
     timing = TimingConfig(**config.get("timing", {}))
+    if processes is None:
+        processes = config.get("processes", 1)
+        runner._positive(f"{env_path}: processes", processes)
+    else:
+        runner._positive("--processes", processes)
     return runner.Sweep(tuple(cases), threads=cases[0].threads, timeout_s=float(config.get("timeout_s", 600.0)),
                         seed=int(config.get("seed", 0)), timing=timing,
-                        memory_limit_bytes=config.get("memory_limit_bytes"), source=f"reproduce {run_dir}")
+                        memory_limit_bytes=config.get("memory_limit_bytes"), source=f"reproduce {run_dir}",
+                        processes=processes)
 
 
 class _FirstCaseOnly:
@@ -202,6 +225,14 @@ def format_agreement(agreement: Agreement, name_a: str, name_b: str, top: int = 
         verdict = ("alike" if abs(probe - 1) <= 0.05 else
                    f"the machine itself ran {abs(probe - 1):.0%} {'slower' if probe > 1 else 'faster'} in the second")
         lines.append(f"  machine speed (probe_s, second / first, median): {probe:.3f}: {verdict}")
+        spread = agreement.probe_range
+        if spread is not None and spread > 1 + WITHIN:
+            # two figures taken while the machine ran at speeds this far apart cannot agree closer
+            lines.append(f"  the machine's own speed moved {spread:.2f}x between rows (slowest / fastest probe_s): "
+                         "a bound on how closely any two figures taken here can agree")
+    processes = agreement.process_spread
+    if processes is not None:
+        lines.append(f"  processes per case: median spread of their medians {processes:.0%} of the kept one")
     ranked = sorted(agreement.pairs, key=lambda p: -Agreement.spread(p[2]))[:top]
     lines.append(f"  least reproducible {len(ranked)}:")
     for a, b, r in ranked:

@@ -76,7 +76,12 @@ COLUMNS: dict[str, str] = {
     "probe_s": "the machine's own speed right after the kept timed window: seconds of a fixed pure-Python "
                "workload on the case's CPUs (best of 5). It sees what interference cannot (a host's other "
                "guests, clock changes): rows whose probes differ ran on a machine of different speed",
-    "remeasured": "times the case was timed again in the same worker because the window was busy or unstable",
+    "remeasured": "times the case was timed again in the same worker because the window was busy or unstable "
+                  "(summed over its processes)",
+    "processes": "fresh worker processes that measured the case (the sweep's processes); the row's timing "
+                 "columns are those of the process whose median step time is the median of theirs",
+    "process_spread": "(slowest - fastest) / kept median step time across the case's processes: how much "
+                      "the figure depends on the process that measured it; None for one process",
     "flags": "'; '-joined reasons the figure is doubtful ('' when clean): 'busy machine: 38% of CPU time used "
              "by other processes', 'unstable: IQR 45% of median', 'shared GPU: ...'; the row stays ok",
     "images_per_s": "batch_size / step_time_median_s",
@@ -747,11 +752,12 @@ def load(path: Path | str | Iterable[Path | str]):
         warnings.warn(StoreWarning(f"column(s) {', '.join(unknown)}: not in this version's schema (written by "
                                    "another version); loaded after the known columns"), stacklevel=2)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *unknown])
-    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations", "remeasured"):
+    for col in ("image_size", "batch_size", "threads", "gpu_index", "n_steps", "params", "recompilations", "remeasured",
+                "processes"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in ("step_time_median_s", "step_time_iqr_s", "step_time_p10_s", "step_time_p90_s", "first_call_s",
                 "images_per_s", "train_s_per_1024", "peak_mem_bytes", "nvml_peak_bytes", "flops_analytic",
-                "flops_counted", "wall_s", "rel_iqr", "interference", "probe_s"):
+                "flops_counted", "wall_s", "rel_iqr", "interference", "probe_s", "process_spread"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["flags"] = frame["flags"].fillna("")  # rows from before the flags column are unflagged
     return frame

@@ -34,7 +34,7 @@ from .measure.timing import TimingConfig
 DEFAULT_COMPILE = {"torch": "eager", "tensorflow": "compiled", "jax": "compiled"}
 GROUP_KEYS = ("models", "frameworks", "implementations", "image_sizes", "batch_sizes", "modes", "precisions",
               "compiles", "devices", "spec")
-SWEEP_KEYS = ("threads", "timeout_s", "seed", "timing", "memory_limit_bytes")
+SWEEP_KEYS = ("threads", "timeout_s", "seed", "timing", "memory_limit_bytes", "processes")
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,15 @@ class Sweep:
     timing: TimingConfig = TimingConfig()
     memory_limit_bytes: int | None = None
     source: str = ""
+    # fresh worker processes per case; the row keeps the median of their median step times. One
+    # process's figure carries that process's luck (memory layout, thread placement, the machine's
+    # speed while it ran); several, pyperf-style, average it out (docs/measurement.md)
+    processes: int = 1
 
     def as_config(self) -> dict[str, Any]:
         return {"source": self.source, "threads": self.threads, "timeout_s": self.timeout_s, "seed": self.seed,
                 "timing": dataclasses.asdict(self.timing), "memory_limit_bytes": self.memory_limit_bytes,
-                "cases": [c.case_id for c in self.cases]}
+                "processes": self.processes, "cases": [c.case_id for c in self.cases]}
 
 
 # --- presets (configs as code) ------------------------------------------------------------------
@@ -224,6 +228,8 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
         raise ValueError(f"timing key {bad[0]!r}: unknown; keys are {', '.join(sorted(timing_fields))}")
     memory_limit = config.get("memory_limit_bytes")
     _positive("memory_limit_bytes", memory_limit, allow_none=True)
+    processes = config.get("processes", 1)
+    _positive("processes", processes)
 
     cases: list[Case] = []
     seen: set[str] = set()
@@ -239,7 +245,7 @@ def build_sweep(config: Mapping[str, Any], source: str = "") -> Sweep:
     if not cases:
         raise ValueError("the sweep has no cases (no compile mode or implementation given applies to any framework "
                          "given; a peer runs in its own framework only: lambda-bench run --help)")
-    return Sweep(tuple(cases), threads, float(timeout), seed, TimingConfig(**timing), memory_limit, source)
+    return Sweep(tuple(cases), threads, float(timeout), seed, TimingConfig(**timing), memory_limit, source, processes)
 
 
 def _expand(group: Mapping[str, Any], threads: int | None, where: str) -> Iterable[Case]:
@@ -352,9 +358,46 @@ WORKER = (sys.executable, "-m", "lambda_bench.worker")
 
 
 def run_case(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Measure one case in a fresh process; always returns what was measured (the worker's figures, or a
-    crashed/timeout status) for results.make_row, with the wall time of the whole worker process.
-    ``worker``: the worker command (default WORKER, looked up when called)."""
+    """Measure one case in ``sweep.processes`` fresh processes, one after the other; always returns what
+    was measured (combine_processes of the workers' figures, or a crashed/timeout status) for
+    results.make_row, with the wall time of all the worker processes. Each process has the sweep's
+    timeout. ``worker``: the worker command (default WORKER, looked up when called)."""
+    measured: list[dict[str, Any]] = []
+    for _ in range(sweep.processes):
+        measured.append(_run_worker(case, sweep, worker))
+        if measured[-1].get("status") != "ok":
+            break  # a case that fails once is reported as failed; the rest would only repeat it
+    return combine_processes(measured, sweep.processes)
+
+
+def combine_processes(measured: list[dict[str, Any]], processes: int) -> dict[str, Any]:
+    """One measurement from the workers' measurements of the same case: the row of the process whose
+    median step time is the median of theirs (the lower middle one for an even count) with, when
+    there are several, ``processes`` and ``process_spread`` (the range of their medians over the
+    median), ``remeasured`` summed and ``wall_s`` the total. A failure in any process is the case's
+    result, saying which process failed."""
+    wall = sum(m.get("wall_s") or 0.0 for m in measured)
+    failed = next((m for m in measured if m.get("status") != "ok"), None)
+    if failed is not None:
+        out = {**failed, "wall_s": wall}
+        if processes > 1 and failed.get("status") not in ("unsupported", "unavailable"):
+            k = measured.index(failed) + 1
+            out["error"] = f"process {k} of {processes}: {failed.get('error') or failed.get('status')}"
+        return out
+    if len(measured) == 1:
+        return {**measured[0], "wall_s": wall, "processes": 1}
+    medians = [m["step_time_median_s"] for m in measured]
+    order = sorted(range(len(measured)), key=lambda i: medians[i])
+    middle = measured[order[(len(order) - 1) // 2]]
+    out = {**middle, "wall_s": wall, "processes": len(measured),
+           "remeasured": sum(m.get("remeasured") or 0 for m in measured)}
+    centre = middle["step_time_median_s"]
+    out["process_spread"] = (max(medians) - min(medians)) / centre if centre > 0 else None
+    return out
+
+
+def _run_worker(case: Case, sweep: Sweep, worker: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """One fresh worker process measuring ``case``: its figures, or a crashed/timeout status, with its wall time."""
     worker = worker or WORKER
     payload = {**dataclasses.asdict(case), "seed": sweep.seed, "timing": dataclasses.asdict(sweep.timing),
                "memory_limit_bytes": sweep.memory_limit_bytes, "parent_pid": os.getpid(), "timeout_s": sweep.timeout_s}
