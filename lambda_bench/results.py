@@ -51,7 +51,8 @@ COLUMNS: dict[str, str] = {
     "mixer": "the spatial mixer (conv, lambda, lambda_conv, mhsa, sasa, axial; mbconv for EfficientNet)",
     "image_size": "input height = width in pixels",
     "batch_size": "images per step",
-    "mode": "infer (forward, inference mode) or train (forward, loss, backward, SGD-momentum update)",
+    "mode": "infer (forward, inference mode) or train (forward, loss, backward, SGD-momentum update; a layer's "
+            "backward includes its input's gradient, as inside a network)",
     "precision": "fp32 (TF32 off) or bf16 (mixed)",
     "compile": "eager, compiled (torch.compile / tf.function / jax.jit) or xla (TF jit_compile)",
     "device": "cpu, cuda or tpu",

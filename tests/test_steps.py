@@ -135,6 +135,8 @@ def test_train_steps_lower_the_loss_and_update_every_weight(framework, name, com
     assert losses[0] == pytest.approx(contract_loss(backend, case, seed), rel=1e-5)  # the step's loss is the contract's
     assert all(math.isfinite(v) for v in losses), losses
     assert losses[-1] < 0.8 * losses[0], losses  # the same batch every step: SGD fits it
+    # a layer's backward reaches its input, as inside a network; a model's first layer needs no input gradient
+    assert (step._input_gradient() is None) == case.is_model
     after = step._weights()
     params, buffers = params_of(before), buffers_of(before)
     assert params and buffers  # every case here has BatchNorm
@@ -145,7 +147,8 @@ def test_train_steps_lower_the_loss_and_update_every_weight(framework, name, com
 
 @pytest.mark.parametrize("framework", framework_params())
 def test_train_steps_are_sgd_with_momentum(framework):
-    """buf = momentum * buf + grad; p -= lr * buf, with grad that of 0.5 * mean(y**2): forward_backward
+    """buf = momentum * buf + grad; p -= lr * buf, with grad that of 0.5 * mean(y**2) (and the input's
+    gradient of that loss computed and kept, as a layer inside a network computes it): forward_backward
     with the cotangent y / y.size at the step's weights, y the training-mode output there, scaled to
     a global norm of at most steps.GRADIENT_CLIP_NORM."""
     backend = get_backend(framework)
@@ -161,6 +164,8 @@ def test_train_steps_are_sgd_with_momentum(framework):
             backend.load_weights(model, state)
         y = backend.forward(models[0], x, train=True)
         _, grads = backend.forward_backward(models[1], x, y / y.size)
+        # a layer's step computes its input's gradient too, as inside a network (unclipped: it flows on)
+        np.testing.assert_allclose(step._input_gradient(), grads["input"], rtol=1e-4, atol=1e-7)
         norm = np.sqrt(sum(np.sum(np.square(grads[k], dtype=np.float64)) for k in params_of(state)))
         grads = {k: g * steps.GRADIENT_CLIP_NORM / max(norm, steps.GRADIENT_CLIP_NORM) for k, g in grads.items()}
         buf = {k: grads[k] if buf is None else steps.MOMENTUM * buf[k] + grads[k] for k in params_of(state)}

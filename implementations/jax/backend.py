@@ -213,11 +213,17 @@ class JaxStep:
             return jnp.mean(ce), new_rest
 
         def train(params, rest, momentum, x, labels):
-            (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, labels)
+            if labels is None:  # a layer: the backward computes its input's gradient too (steps)
+                (loss, new_rest), (grads, d_x) = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)(
+                    params, rest, x, labels)
+            else:
+                (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, labels)
+                d_x = None
             grads = clip_gradients(grads)
             momentum = jax.tree.map(lambda m, g: steps.MOMENTUM * m + g, momentum, grads)
             params = jax.tree.map(lambda p, m: p - steps.LEARNING_RATE * m, params, momentum)
-            return params, new_rest, momentum, loss
+            # the input's gradient is an output of the step: jit would prune an unused one
+            return params, new_rest, momentum, loss, d_x
 
         def counted(fn):
             def traced(*args):
@@ -236,6 +242,7 @@ class JaxStep:
         self._forward = jax.jit(infer)  # uncounted, for _output()
         self._out = None
         self._loss = None
+        self._d_x = None
         if mode == "train":
             self._step = jax.jit(counted(train), donate_argnums=(0, 1, 2))
         else:
@@ -251,9 +258,9 @@ class JaxStep:
     def step(self) -> None:
         with self._numerics():
             if self.mode == "train":
-                self._params, self._rest, self._momentum, self._loss = self._step(
+                self._params, self._rest, self._momentum, self._loss, self._d_x = self._step(
                     self._params, self._rest, self._momentum, self._x, self._labels)
-                jax.block_until_ready((self._params, self._rest, self._momentum, self._loss))
+                jax.block_until_ready((self._params, self._rest, self._momentum, self._loss, self._d_x))
             else:
                 self._out = jax.block_until_ready(self._step(self._params, self._rest, self._x))
 
@@ -293,6 +300,10 @@ class JaxStep:
         with self._numerics():
             out = self._out if self._out is not None else self._forward(self._params, self._rest, self._x)
         return np.asarray(out)
+
+    def _input_gradient(self) -> np.ndarray | None:
+        """The latest train step's gradient of the input, NHWC (a layer's; None for a model, for tests)."""
+        return None if self._d_x is None else np.asarray(self._d_x)
 
     def _weights(self) -> dict[str, np.ndarray]:
         model = nnx.merge(self._graphdef, self._params, self._rest)

@@ -75,6 +75,7 @@ class TensorFlowStep:
         self._gpu = device.startswith("/GPU")
         self._loss_value: tf.Tensor | None = None
         self._output_value: tf.Tensor | None = None
+        self._input_grad_value: tf.Tensor | None = None
         self._flops: dict[str, Any] | None = None
         x, labels = steps.synthetic_batch(case, seed)
         model.spec.check_input(x.shape, "NHWC")
@@ -103,9 +104,10 @@ class TensorFlowStep:
 
     def step(self) -> None:
         with tf.device(self.device):
-            y, scalar = self._fn()
+            y, scalar, *d_x = self._fn()  # train: and the input's gradient (None for a model)
         scalar.numpy()  # synchronise: the host waits for the step's result
         self._output_value = y
+        self._input_grad_value = d_x[0] if d_x else None
         if self.mode == "train":
             self._loss_value = scalar
 
@@ -146,6 +148,10 @@ class TensorFlowStep:
             raise RuntimeError("no step has run yet")
         return self._output_value.numpy()
 
+    def _input_gradient(self) -> np.ndarray | None:
+        """The latest train step's gradient of the input, NHWC (a layer's; None for a model, for tests)."""
+        return None if self._input_grad_value is None else self._input_grad_value.numpy()
+
     def _weights(self) -> dict[str, np.ndarray]:
         return self.model.export_canonical()
 
@@ -161,18 +167,24 @@ class TensorFlowStep:
         return 0.5 * tf.reduce_mean(tf.square(y))
 
     def _train(self):
+        layer = self._labels is None  # a layer: the backward computes its input's gradient too (steps)
         with tf.GradientTape() as tape:
+            if layer:
+                tape.watch(self._x)
             y = self.model(self._x, training=True)  # updates the running statistics
             loss = self._loss_of(y)
         # a gather's gradient is IndexedSlices
-        grads = clip_gradients([tf.convert_to_tensor(g) for g in tape.gradient(loss, self._params)])
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, [*self._params, *([self._x] if layer else [])])]
+        d_x = grads.pop() if layer else None
+        grads = clip_gradients(grads)
         updates = []
         for param, buf, grad in zip(self._params, self._momentum, grads):
             new_buf = buf.assign(steps.MOMENTUM * buf + grad)
             updates.append(param.assign_sub(steps.LEARNING_RATE * new_buf))
         with tf.control_dependencies(updates):
             done = tf.identity(loss)
-        return y, done
+        # the input's gradient is an output of the step: a graph or XLA would prune an unused one
+        return y, done, d_x
 
 
 def clip_gradients(grads: list) -> list:

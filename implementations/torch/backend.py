@@ -68,6 +68,8 @@ class TorchStep:
         if mode == "train":
             model.train()
             self._optimizer = torch.optim.SGD(model.parameters(), lr=steps.LEARNING_RATE, momentum=steps.MOMENTUM)
+            if self._labels is None:  # a layer: the backward computes its input's gradient too (steps)
+                self._x.requires_grad_(True)
         else:
             model.eval()
         self._loss: torch.Tensor | None = None
@@ -86,6 +88,7 @@ class TorchStep:
                 self._out = self._forward(self._x)
         else:
             self._optimizer.zero_grad(set_to_none=True)
+            self._x.grad = None
             with self._autocast():
                 out = self._forward(self._x)
                 loss = self._loss_of(out)
@@ -132,6 +135,10 @@ class TorchStep:
         if self._out is None:
             raise RuntimeError("no step has run yet")
         return _from_native(self._out)
+
+    def _input_gradient(self) -> np.ndarray | None:
+        """The latest train step's gradient of the input, NHWC (a layer's; None for a model, for tests)."""
+        return None if self._x.grad is None else _from_native(self._x.grad)
 
     def _weights(self) -> dict[str, np.ndarray]:
         # copies: on CPU a model's export may be a view of the live parameters, which the next step changes

@@ -7,7 +7,10 @@ A case is measured in one of two modes:
   and an SGD-with-momentum update of every parameter in place.
   Models (logits out): mean softmax cross-entropy against synthetic integer labels.
   Layers (a feature map out): half the mean square of the output, a synthetic regression loss (a
-  layer has no classifier); its gradient reaches every parameter just the same.
+  layer has no classifier); its gradient reaches every parameter just the same. A layer's backward
+  also computes the gradient of its input, as it does inside a network (only a network's first
+  layer skips it): for the lambda convolution that is a second convolution over the values, and
+  implementations differ in what it costs them.
 
 Inputs are synthetic (standard normal, NHWC float32, drawn in NumPy from the seed) so every
 framework sees the same numbers. Each backend's ``prepare()`` returns a ``Step`` (below).
