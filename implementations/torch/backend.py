@@ -124,7 +124,7 @@ class TorchStep:
         try:
             counter = FlopCounterMode(display=False)
             with torch.inference_mode(), counter:
-                self.model(self._x)
+                self.model(self._x.detach())  # a layer's train input requires grad: the counter's hooks reject it
         finally:
             self.model.train(training)
         return {"flops": int(counter.get_total_flops()), "counter": "torch FlopCounterMode",
