@@ -578,6 +578,8 @@ def _one_line(row: Mapping[str, Any]) -> str:
     mem = row.get("peak_mem_bytes")
     mem_text = f", peak {mem / 2**20:.1f} MiB" if mem is not None else ""
     again = f", re-measured {row['remeasured']}x" if row.get("remeasured") else ""
+    if (row.get("processes") or 1) > 1 and row.get("process_spread") is not None:
+        again += f", median of {row['processes']} processes (spread {row['process_spread']:.0%})"
     flags = f"  [flagged: {row['flags']}]" if row.get("flags") else ""
     return (f"ok  {row['step_time_median_s'] * 1e3:.1f} ms/step (n={row['n_steps']}), "
             f"{row['images_per_s']:.1f} img/s, first call {row['first_call_s']:.2f} s{mem_text}{again}{flags}")

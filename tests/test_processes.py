@@ -101,3 +101,9 @@ def test_reproduce_says_how_far_the_machine_s_speed_and_the_processes_moved():
     text = reproduce.format_agreement(agreement, "first", "second")
     assert "the machine's own speed moved 1.67x between rows" in text
     assert "median spread of their medians 20% of the kept one" in text
+
+
+def test_the_progress_line_names_the_processes_and_their_spread():
+    row = results.blank_row(status="ok", step_time_median_s=0.01, n_steps=5, images_per_s=200.0, first_call_s=0.1,
+                            processes=3, process_spread=0.12)
+    assert "median of 3 processes (spread 12%)" in runner._one_line(row)
