@@ -102,7 +102,7 @@ class Agreement:
                 "bar": {"within": WITHIN, "share": SHARE, "worst": WORST},
                 "per_case": [{"case_id": a["case_id"], "first_s": a["step_time_median_s"],
                               "second_s": b["step_time_median_s"], "ratio": r,
-                              "flags": "; ".join(filter(None, (a.get("flags"), b.get("flags"))))}
+                              "flags": "; ".join(dict.fromkeys(filter(None, (a.get("flags"), b.get("flags")))))}
                              for a, b, r in self.pairs]}
 
 
@@ -236,7 +236,7 @@ def format_agreement(agreement: Agreement, name_a: str, name_b: str, top: int = 
     ranked = sorted(agreement.pairs, key=lambda p: -Agreement.spread(p[2]))[:top]
     lines.append(f"  least reproducible {len(ranked)}:")
     for a, b, r in ranked:
-        flags = "; ".join(filter(None, (a.get("flags"), b.get("flags"))))
+        flags = "; ".join(dict.fromkeys(filter(None, (a.get("flags"), b.get("flags")))))
         lines.append(f"    {r:6.3f}  {a['step_time_median_s'] * 1e3:9.2f} -> {b['step_time_median_s'] * 1e3:9.2f} ms  "
                      f"{a['case_id']}" + (f"  [flagged: {flags}]" if flags else ""))
     for label, ids in (("only in the first", agreement.only_in_a), ("only in the second", agreement.only_in_b)):
