@@ -23,17 +23,12 @@ CHANGED = "What changed between the runs"
 NOTICEABLE = 0.10  # a ratio further than 10% from 1 counts as faster / slower in the summary
 ENV_FIELDS = ("host", "cpu", "cpus_usable", "gpus", "platform", "python", "versions", "git_commit")
 TICKS = (0.05, 0.1, 0.2, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 5, 10, 20)  # ratios people read
-KEY_PARTS = ["model", "framework", "image_size", "batch_size", "mode", "precision", "compile", "device"]
-
-
-def _case_ids(rows: pd.DataFrame) -> pd.Series:
-    built = rows[KEY_PARTS].astype(str).agg("|".join, axis=1)
-    return rows["case_id"].where(rows["case_id"].notna() & rows["case_id"].astype(str).ne(""), built)
 
 
 def _one(run_dir) -> tuple[pd.DataFrame, dict]:
     rows, envs = load_runs([run_dir])
-    rows = rows.assign(case_id=_case_ids(rows), flagged=flagged(rows))
+    # results.complete_row gave every loaded row its case_id, old rows included
+    rows = rows.assign(flagged=flagged(rows))
     # a resumed or repeated case: its last row counts
     return rows.drop_duplicates("case_id", keep="last").set_index("case_id"), envs[0][1] or {}
 
