@@ -343,7 +343,7 @@ _PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight")
 def _float32_or_float64(a) -> np.ndarray:
     """float64 kept (a float64 model's weights and gradients), anything else float32."""
     a = np.asarray(a)
-    return a if a.dtype == np.float64 else a.astype(np.float32)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
 
 
 def to_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
