@@ -340,9 +340,16 @@ def load(path: str | Path) -> tuple[object, dict[str, np.ndarray]]:
 _PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight")
 
 
+def _float32_or_float64(a) -> np.ndarray:
+    """float64 kept (a float64 model's weights and gradients), anything else float32."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32)
+
+
 def to_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
-    """Canonical -> Keras/Flax layout: (out, in) -> (in, out); conv (k, u, r, r) -> HWIO (r, r, u, k)."""
-    a = np.asarray(a, dtype=np.float32)
+    """Canonical -> Keras/Flax layout: (out, in) -> (in, out); conv (k, u, r, r) -> HWIO (r, r, u, k).
+    float32, or float64 kept: a layout change is a permutation, exact in either."""
+    a = _float32_or_float64(a)
     if name in _PROJECTIONS:
         return np.ascontiguousarray(a.T)
     if name == "pos_conv.weight":
@@ -351,8 +358,8 @@ def to_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def from_in_out_layout(name: str, a: np.ndarray) -> np.ndarray:
-    """The inverse of to_in_out_layout."""
-    a = np.asarray(a, dtype=np.float32)
+    """The inverse of to_in_out_layout (float32, or float64 kept)."""
+    a = _float32_or_float64(a)
     if name in _PROJECTIONS:
         return np.ascontiguousarray(a.T)
     if name == "pos_conv.weight":

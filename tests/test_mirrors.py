@@ -1,25 +1,42 @@
 """The mirrored implementation files diff cleanly: every framework has the same files, and a mirrored
-file defines the same top-level classes and functions in the same order, the lambda kernels with the
-same arguments. Read from the source (ast): no framework needs to be installed."""
+file defines the same top-level names (classes, functions, constants) in the same order, its functions
+and the lambda kernels with the same arguments. Read from the source (ast): no framework needs to be
+installed.
+
+What only one framework needs is pure framework mechanics and listed in ONLY_IN with its reason; the
+private helpers of backend.py (its Step's) and peers.py (the peers' constructors) are mechanics by rule.
+"""
 
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
+import re
 
 import pytest
 
 from lambda_bench.backend import FRAMEWORKS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "implementations"
-MIRRORED = ("lambda_layer.py", "lambda_kernels.py", "attention.py", "resnet.py")
+MIRRORED = tuple(sorted(p.name for p in (ROOT / "torch").glob("*.py") if p.name != "__init__.py"))
+PRIVATE_MECHANICS = ("backend.py", "peers.py")  # their private helpers: the Step's, the peers' builders
+STEP = "each backend's measured step (lambda_bench.measure.steps.Step), named for its framework"
 # a top-level name only one framework needs, with the reason
 ONLY_IN = {
-    ("torch", "lambda_kernels.py", "_Recomputed"):
-        "recomputed()'s mechanism: torch.utils.checkpoint imports torch._dynamo, which crashes a process "
-        "that has loaded TensorFlow; TensorFlow and JAX have tf.recompute_grad and jax.checkpoint",
+    ("torch", "backend.py", "TorchStep"): STEP,
+    ("tensorflow", "backend.py", "TensorFlowStep"): STEP,
+    ("jax", "backend.py", "JaxStep"): STEP,
+    ("torch", "backend.py", "DEVICE"):
+        "torch puts every tensor on a device explicitly; TensorFlow places by tf.device scope, JAX by device_put",
+    ("jax", "_numerics.py", "HIGHEST"):
+        "JAX's model files pass a precision to every matmul and convolution; torch and TensorFlow only have "
+        "the process-wide setting FrameworkBackend.configure makes",
+    ("jax", "lambda_kernels.py", "KERNEL_FFT_MIN_AREA"):
+        "only XLA:CPU's kernel-gradient convolution is slow enough to need an FFT path (tests/test_plans.py)",
 }
 CALL = {"forward": "__call__", "call": "__call__", "__call__": "__call__"}  # torch, Keras, flax: inputs differ
+NUMERICS = ["DTYPES", "as_float", "assign", "at_least_fp32", "build_in"]
 
 
 def tree(framework: str, filename: str) -> ast.Module:
@@ -27,7 +44,16 @@ def tree(framework: str, filename: str) -> ast.Module:
 
 
 def top_level(module: ast.Module) -> list[str]:
-    return [node.name for node in module.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))]
+    """Classes, functions and assigned names, in definition order."""
+    names = []
+    for node in module.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return names
 
 
 def arguments(function: ast.FunctionDef) -> list[str]:
@@ -35,14 +61,18 @@ def arguments(function: ast.FunctionDef) -> list[str]:
     return [name for name in names if name not in ("self", "ctx")]
 
 
+def is_mechanics(framework: str, filename: str, name: str) -> bool:
+    return (framework, filename, name) in ONLY_IN or (filename in PRIVATE_MECHANICS and name.startswith("_"))
+
+
 def shared(framework: str, filename: str) -> list[str]:
-    return [name for name in top_level(tree(framework, filename)) if (framework, filename, name) not in ONLY_IN]
+    return [name for name in top_level(tree(framework, filename)) if not is_mechanics(framework, filename, name)]
 
 
 def test_every_framework_has_the_same_files():
     files = {fw: sorted(p.name for p in (ROOT / fw).glob("*.py")) for fw in FRAMEWORKS}
     assert files["tensorflow"] == files["torch"] and files["jax"] == files["torch"], files
-    assert {"_numerics.py", "lambda_kernels.py", "lambda_layer.py", "backend.py"} <= set(files["torch"])
+    assert {"_numerics.py", "lambda_kernels.py", "lambda_layer.py", "backend.py", "efficientnet.py"} <= set(MIRRORED)
 
 
 @pytest.mark.parametrize("filename", MIRRORED)
@@ -52,16 +82,59 @@ def test_mirrored_files_define_the_same_names_in_the_same_order(filename):
     assert names["jax"] == names["torch"], filename
 
 
-def test_an_exception_names_something_that_exists():
+@pytest.mark.parametrize("filename", MIRRORED)
+def test_mirrored_functions_take_the_same_arguments(filename):
+    signatures = {}
+    for fw in FRAMEWORKS:
+        signatures[fw] = {node.name: arguments(node) for node in tree(fw, filename).body
+                          if isinstance(node, ast.FunctionDef) and not is_mechanics(fw, filename, node.name)}
+    assert signatures["tensorflow"] == signatures["torch"], filename
+    assert signatures["jax"] == signatures["torch"], filename
+
+
+def test_an_exception_names_something_only_its_framework_has():
+    """Every ONLY_IN entry exists where it is listed and nowhere else (else it is drift, not mechanics)."""
     for fw, filename, name in ONLY_IN:
-        assert name in top_level(tree(fw, filename))
+        assert name in top_level(tree(fw, filename)), (fw, filename, name)
+        others = [other for other in FRAMEWORKS if other != fw and name in top_level(tree(other, filename))]
+        assert not others, f"{name} is in {filename} of {fw} and {others}: not one framework's mechanics"
 
 
-def test_numerics_share_their_common_helpers_in_one_order():
-    """Each _numerics.py holds its framework's counterparts; what two of them share comes in one order."""
-    names = {fw: top_level(tree(fw, "_numerics.py")) for fw in FRAMEWORKS}
-    assert names["tensorflow"][:3] == names["jax"][:3] == ["as_float", "assign", "keep_float64"]
-    assert names["torch"][0] == "as_float"
+@functools.lru_cache(maxsize=None)
+def _references(path: pathlib.Path) -> frozenset[str]:
+    """Names ``path``'s code refers to: names, attributes, imports, and the words of its string
+    constants (the family registry names classes in strings); not docstrings or comments."""
+    module = ast.parse(path.read_text())
+    docstrings = {id(node.value) for node in ast.walk(module) if isinstance(node, ast.Expr)
+                  and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+    found = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.alias):
+            found.add(node.name.rpartition(".")[2])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found.update(re.findall(r"\w+", node.value))
+    return frozenset(found)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_mirrored_functions_are_used(framework):
+    """A function or class kept only to match the other frameworks is dead code: each one is referred
+    to by code (its own file, a sibling file or the harness in lambda_bench/), not only defined."""
+    files = [*(ROOT / framework).glob("*.py"), *(ROOT.parent / "lambda_bench").rglob("*.py")]
+    referenced = frozenset().union(*(_references(path) for path in files))
+    unused = [f"{filename}:{node.name}" for filename in MIRRORED for node in tree(framework, filename).body
+              if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name not in referenced]
+    assert not unused, f"{framework}: defined and never used: {unused}"
+
+
+def test_numerics_hold_one_set_of_helpers():
+    """Each _numerics.py holds its framework's mechanics for the same few jobs, in one order."""
+    for fw in FRAMEWORKS:
+        assert shared(fw, "_numerics.py") == NUMERICS, fw
 
 
 def test_lambda_layer_classes_have_the_same_methods_in_the_same_order():
@@ -84,7 +157,7 @@ def test_kernels_take_the_same_arguments_in_the_same_order():
         for node in module.body:
             if isinstance(node, ast.FunctionDef):
                 found[node.name] = arguments(node)
-            elif isinstance(node, ast.ClassDef) and (fw, "lambda_kernels.py", node.name) not in ONLY_IN:
+            elif isinstance(node, ast.ClassDef):
                 entry = "forward" if fw == "torch" else "apply"
                 [method] = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == entry]
                 found[node.name] = arguments(method)
@@ -92,3 +165,4 @@ def test_kernels_take_the_same_arguments_in_the_same_order():
     assert signatures["tensorflow"] == signatures["torch"] and signatures["jax"] == signatures["torch"]
     assert signatures["torch"]["ReorderedPosition"] == ["qn", "table", "vmu", "b", "h", "chunk", "lean",
                                                          "height", "width"]
+    assert signatures["torch"]["_Recomputed"] == ["fn"]

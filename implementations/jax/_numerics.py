@@ -1,10 +1,14 @@
-"""Numbers at the JAX boundary, shared by every model file of this framework: float32 by default and
-float64 kept where a float64 model (the anchor of lambda_bench.equivalence) holds it.
+"""Numbers at the JAX boundary, shared by every model file of this framework: float32 by default,
+float64 kept where a float64 model (the anchor of lambda_bench.equivalence) holds it, the float32
+floor under the bf16 step, and the matmul precision every model file asks for.
 
-Mirrors implementations/{torch,tensorflow}/_numerics.py.
+Mirrors implementations/{torch,tensorflow}/_numerics.py: the same functions, each doing this
+framework's mechanics.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,25 +33,23 @@ def assign(variable: nnx.Variable, value) -> None:
     variable.set_value(jnp.asarray(np.asarray(value, dtype=variable.dtype)))
 
 
-def keep_float64(convert, name: str, a) -> np.ndarray:
-    """lambda_bench.weights.to_in_out_layout / from_in_out_layout (``convert``), which cast to
-    float32, without that cast for a float64 array: the layout change is a permutation of the
-    elements, read off ``convert`` applied to their indices (exact in float32 below 2**24)."""
-    a = np.asarray(a)
-    if a.dtype != np.float64:
-        return convert(name, a)
-    if a.size > 2 ** 24:
-        raise ValueError(f"{name}: {a.size} elements, too many to permute by float32 indices")
-    index = convert(name, np.arange(a.size, dtype=np.float32).reshape(a.shape)).astype(np.int64)
-    return np.ascontiguousarray(a.reshape(-1)[index])
+def at_least_fp32(t: jax.Array) -> jax.Array:
+    """bf16/fp16 (the bf16 step's output) -> fp32; fp32 and fp64 unchanged."""
+    return t.astype(jnp.float32) if t.dtype in (jnp.bfloat16, jnp.float16) else t
 
 
-def widen(model: nnx.Module, dtype: str) -> nnx.Module:
-    """``model`` with every floating variable (parameters and running statistics) cast to ``dtype``,
-    in place; the layers compute in their parameters' dtype. Call float64 inside jax.enable_x64."""
+def build_in(make: Callable[[], nnx.Module], dtype: str) -> nnx.Module:
+    """The module ``make()`` returns with every floating variable (parameters and running statistics)
+    cast to ``dtype`` in place; the layers compute in their parameters' dtype. A float64 array exists
+    only under jax.enable_x64, so the cast runs inside it (and FrameworkBackend scopes every later call
+    on a float64 model the same way)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
-    for _, variable in nnx.iter_graph(model):
-        if isinstance(variable, nnx.Variable) and np.issubdtype(variable.dtype, np.floating):
-            variable.set_value(jnp.asarray(np.asarray(variable.get_value(), dtype=dtype)))
+    model = make()
+    if dtype == "float32":  # built so
+        return model
+    with jax.enable_x64(True):
+        for _, variable in nnx.iter_graph(model):
+            if isinstance(variable, nnx.Variable) and np.issubdtype(variable.dtype, np.floating):
+                variable.set_value(jnp.asarray(np.asarray(variable.get_value(), dtype=dtype)))
     return model

@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax._numerics import as_float, assign
+from implementations.jax._numerics import HIGHEST, as_float, assign
 from lambda_bench.layout import axis_relative_index
 from lambda_bench.specs import AttentionSpec, pool_padding
 from lambda_bench.weights import attention_shapes, init_attention
 
-HIGHEST = jax.lax.Precision.HIGHEST
 MASKED_LOGIT = -1e9  # a key outside the image: exp(MASKED_LOGIT - max) is exactly 0 in float32
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Literal
 
-from implementations.jax._numerics import widen
+from implementations.jax._numerics import at_least_fp32, build_in
 from lambda_bench import families
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
@@ -197,7 +197,7 @@ class JaxStep:
                 y, new_rest = apply_fp32(params, rest, x, train)
             # float32 out (bf16 inside), float64 kept in a float64 model (the float64 training stage of
             # lambda_bench.equivalence)
-            return (y if y.dtype == jnp.float64 else y.astype(jnp.float32)), new_rest
+            return at_least_fp32(y), new_rest
 
         def infer(params, rest, x):
             return apply(params, rest, x, False)[0]
@@ -350,11 +350,7 @@ class FrameworkBackend:
     def build(self, spec: Any, seed: int = 0, dtype: str = "float32") -> nnx.Module:
         """dtype "float64": every parameter and running statistic float64, and so every computation
         (the layers cast their input to their parameters' dtype)."""
-        model = model_class(spec)(spec, seed)
-        if dtype == "float32":
-            return model
-        with jax.enable_x64(True):
-            return widen(model, dtype)
+        return build_in(lambda: model_class(spec)(spec, seed), dtype)
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
                 device: str = "cpu", seed: int = 0, implementation: str = "ours") -> JaxStep:

@@ -21,12 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax._numerics import as_float, assign
+from implementations.jax._numerics import HIGHEST, as_float, assign
 from implementations.jax.lambda_layer import BatchNorm
 from lambda_bench.specs import EfficientNetSpec, MBConvPlan
 from lambda_bench.weights import efficientnet_shapes, init_weights
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

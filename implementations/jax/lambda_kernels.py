@@ -206,4 +206,15 @@ def _reordered_products(qn, table, index, start: int, stop: int, b: int, h: int,
 
 def recomputed(fn):
     """``fn`` keeping only its inputs for the backward pass, which runs it again (lean plans)."""
-    return jax.checkpoint(fn)
+    def run(*args):
+        return _Recomputed.apply(fn, *args)
+    return run
+
+
+class _Recomputed:
+    """fn(*args) keeping only its inputs: the backward pass runs fn again to differentiate it
+    (jax.checkpoint; torch's counterpart is an autograd.Function of its own)."""
+
+    @staticmethod
+    def apply(fn, *args):
+        return jax.checkpoint(fn)(*args)

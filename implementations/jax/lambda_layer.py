@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax._numerics import HIGHEST, assign, keep_float64
+from implementations.jax._numerics import HIGHEST, assign
 from implementations.jax.lambda_kernels import LambdaConvolution, ReorderedPosition, recomputed
 from lambda_bench.layout import relative_index
 from lambda_bench.plans import conv_table_crop, plan_position
@@ -91,14 +91,14 @@ class LambdaLayer(nnx.Module):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
         for name in lambda_shapes(self.spec):
-            assign(self.variable(name), keep_float64(to_in_out_layout, name, weights[name]))
+            assign(self.variable(name), to_in_out_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, np.asarray(self.variable(name)[...])) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return keep_float64(from_in_out_layout, name, a)
+        return from_in_out_layout(name, a)
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""

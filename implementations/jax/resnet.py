@@ -23,12 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from implementations.jax._numerics import as_float, assign
+from implementations.jax._numerics import HIGHEST, as_float, assign
 from implementations.jax.lambda_layer import BatchNorm, LambdaLayer
 from lambda_bench.specs import BlockPlan, ResNetSpec
 from lambda_bench.weights import init_weights, resnet_shapes, se_channels
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 canonical_shapes = functools.lru_cache(maxsize=None)(resnet_shapes)  # specs are frozen, hashable
 

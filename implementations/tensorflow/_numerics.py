@@ -1,15 +1,18 @@
-"""Numbers at the TensorFlow boundary, shared by every model file of this framework: float32 by default
-and float64 kept where a float64 model (the anchor of lambda_bench.equivalence) holds it.
+"""Numbers at the TensorFlow boundary, shared by every model file of this framework: float32 by default,
+float64 kept where a float64 model (the anchor of lambda_bench.equivalence) holds it, and the float32
+floor for a loss.
 
-Mirrors implementations/{torch,jax}/_numerics.py.
+Mirrors implementations/{torch,jax}/_numerics.py: the same functions, each doing this framework's
+mechanics.
 """
 
 from __future__ import annotations
 
-import contextlib
+from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 DTYPES = ("float32", "float64")
 
@@ -27,32 +30,27 @@ def assign(variable, value) -> None:
     variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-def keep_float64(convert, name: str, a) -> np.ndarray:
-    """lambda_bench.weights.to_in_out_layout / from_in_out_layout (``convert``), which cast to
-    float32, without that cast for a float64 array: the layout change is a permutation of the
-    elements, read off ``convert`` applied to their indices (exact in float32 below 2**24)."""
-    a = np.asarray(a)
-    if a.dtype != np.float64:
-        return convert(name, a)
-    if a.size > 2 ** 24:
-        raise ValueError(f"{name}: {a.size} elements, too many to permute by float32 indices")
-    index = convert(name, np.arange(a.size, dtype=np.float32).reshape(a.shape)).astype(np.int64)
-    return np.ascontiguousarray(a.reshape(-1)[index])
+def at_least_fp32(t: tf.Tensor) -> tf.Tensor:
+    """bf16/fp16 -> fp32; fp32 and fp64 unchanged. The steps compute in fp32 or fp64 only (bf16 is
+    steps.Unsupported here), so today this passes its input through; it keeps the loss and the
+    gradient norm in the same precision as torch's should a half-precision path come."""
+    return tf.cast(t, tf.float32) if t.dtype in (tf.bfloat16, tf.float16) else t
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: str):
-    """Keras layers constructed inside take ``dtype`` as their variable and compute dtype (a layer
-    reads Keras' global dtype policy when it is constructed, and each of ours builds its sublayers
-    then): ``dtype="float64"`` builds a whole model in float64. The previous global policy (unset,
-    by default: then it follows keras.config.floatx()) is restored on exit."""
+def build_in(make: Callable[[], keras.layers.Layer], dtype: str) -> keras.layers.Layer:
+    """The layer ``make()`` builds, with every variable and computation in ``dtype``: a Keras layer
+    reads the global dtype policy when it is constructed (and each of ours constructs its sublayers
+    then), so ``make`` runs under that policy. The previous global policy (unset by default: then it
+    follows keras.config.floatx()) is restored afterwards."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
+    if dtype == "float32":  # Keras' own default: no policy to set
+        return make()
     from keras.src.backend.common import global_state  # keras.config.dtype_policy() would pin it
 
     saved = global_state.get_global_attribute("dtype_policy", None)
     keras.config.set_dtype_policy(dtype)
     try:
-        yield
+        return make()
     finally:
         global_state.set_global_attribute("dtype_policy", saved)

@@ -200,13 +200,13 @@ def _attribute_path(name: str) -> tuple[str, ...]:
     return tuple(parts[:-1] if parts[-1] == "weight" else parts)
 
 
-def _load_canonical(layer: keras.layers.Layer, weights) -> None:
-    for name in attention_shapes(layer.spec):
-        assign(layer.variable(name), _native_to_canonical(name, weights[name]))
+def _load_canonical(module: keras.layers.Layer, weights) -> None:
+    for name in attention_shapes(module.spec):
+        assign(module.variable(name), _native_to_canonical(name, weights[name]))
 
 
-def _export_canonical(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
-    return {name: _native_to_canonical(name, layer.variable(name).numpy()) for name in attention_shapes(layer.spec)}
+def _export_canonical(module: keras.layers.Layer) -> dict[str, np.ndarray]:
+    return {name: _native_to_canonical(name, module.variable(name).numpy()) for name in attention_shapes(module.spec)}
 
 
 def _native_to_canonical(name: str, a) -> np.ndarray:

@@ -18,7 +18,7 @@ from lambda_bench import families
 from lambda_bench import weights as canonical
 from lambda_bench.measure import steps
 
-from implementations.tensorflow._numerics import default_dtype
+from implementations.tensorflow._numerics import at_least_fp32, build_in
 
 
 def model_class(spec: Any) -> type:
@@ -162,6 +162,7 @@ class TensorFlowStep:
         return y, tf.reduce_sum(y)
 
     def _loss_of(self, y):
+        y = at_least_fp32(y)  # as torch's step: the loss in float32 at least
         if self._labels is not None:
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(self._labels, y))
         return 0.5 * tf.reduce_mean(tf.square(y))
@@ -211,10 +212,7 @@ class FrameworkBackend:
     def build(self, spec: Any, seed: int = 0, dtype: str = "float32") -> keras.layers.Layer:
         """dtype "float64": every variable and every computation in float64 (the float64 stage of
         lambda_bench.equivalence), the layers built under that Keras dtype policy."""
-        if dtype == "float32":
-            return model_class(spec)(spec, seed)
-        with default_dtype(dtype):
-            return model_class(spec)(spec, seed)
+        return build_in(lambda: model_class(spec)(spec, seed), dtype)
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "compiled",
                 device: str = "cpu", seed: int = 0, implementation: str = "ours") -> TensorFlowStep:

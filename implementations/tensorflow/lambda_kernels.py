@@ -200,4 +200,15 @@ def _reordered_products(qn, table, index, start: int, stop: int, b: int, h: int,
 
 def recomputed(fn):
     """``fn`` keeping only its inputs for the backward pass, which runs it again (lean plans)."""
-    return tf.recompute_grad(fn)
+    def run(*args):
+        return _Recomputed.apply(fn, *args)
+    return run
+
+
+class _Recomputed:
+    """fn(*args) keeping only its inputs: the backward pass runs fn again to differentiate it
+    (tf.recompute_grad; torch's counterpart is an autograd.Function of its own)."""
+
+    @staticmethod
+    def apply(fn, *args):
+        return tf.recompute_grad(fn)(*args)

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from implementations.tensorflow._numerics import assign, keep_float64
+from implementations.tensorflow._numerics import assign
 from implementations.tensorflow.lambda_kernels import LambdaConvolution, ReorderedPosition, recomputed
 from lambda_bench.layout import relative_index
 from lambda_bench.plans import conv_table_crop, plan_position
@@ -106,14 +106,14 @@ class LambdaLayer(keras.layers.Layer):
     def load_canonical(self, weights) -> None:
         """Set every variable from canonical weights (lambda_bench.weights), transposing to (in, out)."""
         for name in lambda_shapes(self.spec):
-            assign(self.variable(name), keep_float64(to_in_out_layout, name, weights[name]))
+            assign(self.variable(name), to_in_out_layout(name, weights[name]))
 
     def export_canonical(self) -> dict[str, np.ndarray]:
         return {name: self.native_to_canonical(name, self.variable(name).numpy()) for name in lambda_shapes(self.spec)}
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of variable ``name`` in the canonical layout."""
-        return keep_float64(from_in_out_layout, name, a)
+        return from_in_out_layout(name, a)
 
     def plan(self, batch: int, height: int, width: int):
         """The lambda_bench.plans.PositionPlan this layer follows for an input of this size."""

@@ -45,7 +45,7 @@ class CanonicalAttention(nn.Module):
 
     def native_to_canonical(self, name: str, a) -> np.ndarray:
         """A value (or gradient) of parameter ``name`` in the canonical layout."""
-        return _native_to_canonical(self, name, a)
+        return _native_to_canonical(name, a)
 
 
 class RelativeAttention(CanonicalAttention):
@@ -186,9 +186,12 @@ def _load_canonical(module: nn.Module, weights) -> None:
 
 def _export_canonical(module: nn.Module) -> dict[str, np.ndarray]:
     """Canonical weights: float32 (float64 in a float64 model)."""
-    return {name: _native_to_canonical(module, name, module.variable(name)) for name in attention_shapes(module.spec)}
+    return {name: _native_to_canonical(name, module.variable(name)) for name in attention_shapes(module.spec)}
 
 
-def _native_to_canonical(module: nn.Module, name: str, a) -> np.ndarray:
-    """Keeps the dtype (a float64 model's gradients stay float64)."""
-    return as_float(a).reshape(attention_shapes(module.spec)[name]).copy()
+def _native_to_canonical(name: str, a) -> np.ndarray:
+    """torch layout -> canonical: the projections' 1x1 kernels (out, in, 1, 1) -> (out, in); the
+    relative tables are the same in both. A copy, its dtype kept (a float64 model's gradients stay
+    float64)."""
+    a = as_float(a)
+    return np.array(a.reshape(a.shape[:2]) if name.endswith(".weight") else a)

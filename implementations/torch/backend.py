@@ -16,7 +16,7 @@ from lambda_bench import families
 from lambda_bench.measure import steps
 from lambda_bench.weights import shapes, validate
 
-from ._numerics import DTYPES, as_float, at_least_fp32
+from ._numerics import as_float, at_least_fp32, build_in
 
 
 def model_class(spec: Any) -> type:
@@ -27,9 +27,9 @@ def model_class(spec: Any) -> type:
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-FLOP_COUNTER_NOTE = ("counts matrix products and convolutions (mm, addmm, bmm, baddbmm, einsum as the bmm it "
-                     "decomposes into, convolution), 2 per multiply-add; not elementwise ops, activations, "
-                     "softmax, pooling, BatchNorm or residual adds")
+_FLOP_COUNTER_NOTE = ("counts matrix products and convolutions (mm, addmm, bmm, baddbmm, einsum as the bmm it "
+                      "decomposes into, convolution), 2 per multiply-add; not elementwise ops, activations, "
+                      "softmax, pooling, BatchNorm or residual adds")
 
 
 class TorchStep:
@@ -93,7 +93,7 @@ class TorchStep:
                 out = self._forward(self._x)
                 loss = self._loss_of(out)
             loss.backward()
-            clip_gradients(list(self.model.parameters()))
+            clip_gradients([p.grad for p in self.model.parameters() if p.grad is not None])
             self._optimizer.step()
             self._out, self._loss = out.detach(), loss.detach()
         if self.device.type == "cuda":
@@ -128,7 +128,7 @@ class TorchStep:
         finally:
             self.model.train(training)
         return {"flops": int(counter.get_total_flops()), "counter": "torch FlopCounterMode",
-                "note": FLOP_COUNTER_NOTE}
+                "note": _FLOP_COUNTER_NOTE}
 
     def _output(self) -> np.ndarray:
         """The latest step's forward output as NumPy float32, NHWC (for tests)."""
@@ -163,15 +163,16 @@ class TorchStep:
         return 0.5 * at_least_fp32(out).square().mean()  # a layer: a synthetic regression loss
 
 
-def clip_gradients(params: list) -> None:
-    """Every .grad times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM), in place."""
-    grads = [p.grad for p in params if p.grad is not None]
+def clip_gradients(grads: list) -> list:
+    """Every gradient times GRADIENT_CLIP_NORM / max(global L2 norm, GRADIENT_CLIP_NORM), in place
+    (the parameters' .grad, which the optimizer reads); returned, as TensorFlow's and JAX's return theirs."""
     if not grads:
-        return
+        return grads
     norm = torch.sqrt(sum((at_least_fp32(g) ** 2).sum() for g in grads))
     scale = steps.GRADIENT_CLIP_NORM / torch.clamp(norm, min=steps.GRADIENT_CLIP_NORM)
     for g in grads:
         g.mul_(scale.to(g.dtype))
+    return grads
 
 
 class FrameworkBackend:
@@ -186,9 +187,7 @@ class FrameworkBackend:
 
     def build(self, spec: Any, seed: int = 0, dtype: str = "float32") -> nn.Module:
         """dtype "float64" serves as the anchor of whole-model equivalence checks."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
-        return model_class(spec)(spec, seed).to(device=DEVICE, dtype=DTYPES[dtype])
+        return build_in(lambda: model_class(spec)(spec, seed), dtype).to(device=DEVICE)
 
     def prepare(self, case: Any, *, mode: str = "infer", precision: str = "fp32", compile: str = "eager",
                 device: str = "cpu", seed: int = 0, implementation: str = "ours") -> TorchStep:
