@@ -574,6 +574,10 @@ def load_torch_training() -> None:
     torch.optim.SGD([param], lr=0.1, momentum=0.9).step()
 
 
+# framework -> its measured Step class (learned from the first prepare in this process)
+_STEP_CLASSES: dict[str, type] = {}
+
+
 def training_losses(framework: str, case: Case, *, steps: int = TRAINING_STEPS, seed: int = 0,
                     threads: int | None = None, dtype: str = "float32",
                     weights: Mapping[str, np.ndarray] | None = None) -> list[float]:
@@ -582,14 +586,21 @@ def training_losses(framework: str, case: Case, *, steps: int = TRAINING_STEPS, 
     initial weights for ``seed``, what ``prepare`` builds)."""
     backend = get_backend(framework)
     backend.configure(threads=threads)
-    step = backend.prepare(case, mode="train", compile=TRAINING_COMPILE[framework], device="cpu", seed=seed)
-    if dtype != "float32" or weights is not None:
+    if dtype == "float32" and weights is None:
+        step = backend.prepare(case, mode="train", compile=TRAINING_COMPILE[framework], device="cpu", seed=seed)
+        _STEP_CLASSES.setdefault(framework, type(step))
+    else:
+        if framework not in _STEP_CLASSES:
+            # prepare is the one way to learn the Step class; its float32 model is built once per process,
+            # not once per run (a check trains the anchor 1 + ROUNDING_PROBES times per stage)
+            _STEP_CLASSES[framework] = type(backend.prepare(case, mode="train", compile=TRAINING_COMPILE[framework],
+                                                            device="cpu", seed=seed))
         model = backend.build(case.spec, seed, dtype=dtype)
         if weights is not None:
             backend.load_weights(model, weights)
         # the same Step class, constructed as prepare does (the protocol's constructor), on this model
-        step = type(step)(model, case, mode="train", precision="fp32", compile=TRAINING_COMPILE[framework],
-                           device="cpu", seed=seed)
+        step = _STEP_CLASSES[framework](model, case, mode="train", precision="fp32",
+                                        compile=TRAINING_COMPILE[framework], device="cpu", seed=seed)
     losses = []
     for _ in range(steps):
         step.step()
