@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=None, metavar="N",
                    help="models: train N SGD steps (the measured train step, from the initial weights) in each stage "
                         "and compare every step's loss with the float64 anchor's (default: "
-                        "lambda_bench.equivalence.TRAINING_STEPS, 10; 0: no training stage)")
+                        "lambda_bench.equivalence.TRAINING_STEPS, 5; 0: no training stage)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_check)
 
