@@ -145,8 +145,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UsageError("--all checks every registered preset as registered: give no NAME, --suite, --set, "
                              "--size, --batch, --perturb or --no-float64 with it")
         return _check_all(args, equivalence)
-    if args.resume or args.budget_minutes is not None or args.summary:
-        raise UsageError("--resume, --budget-minutes and --summary go with --all")
+    if args.resume or args.budget_minutes is not None or args.summary or args.jobs is not None:
+        raise UsageError("--resume, --budget-minutes, --jobs and --summary go with --all")
     overrides = parse_overrides(args.set or [])
     if args.size:
         try:
@@ -231,6 +231,16 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
     file (presets already there are skipped), a summary table; exit 0 only if every preset passed."""
     if args.budget_minutes is not None and not args.budget_minutes > 0:
         raise UsageError(f"--budget-minutes {args.budget_minutes}: must be a positive number")
+    jobs = 1 if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be 1 or more")
+    threads = args.threads
+    if threads is None and jobs > 1:
+        # each preset's process would otherwise use every core: N processes on the same cores then
+        # oversubscribe them (torch's and Eigen's thread pools spin)
+        from .runner import usable_cpus
+
+        threads = max(1, usable_cpus() // jobs)
     frameworks, left_out = equivalence.resolve_frameworks(args.frameworks)
     path = args.resume or os.path.join("results", time.strftime("check-all-%Y%m%d-%H%M%S.jsonl"))
     if os.path.isdir(path):
@@ -257,26 +267,47 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
     where = {"commit": git_commit(), "host": socket.gethostname()}
     started = time.perf_counter()
     stopped = 0
-    for i, case in enumerate(todo, 1):
-        if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
-            stopped = len(todo) - i + 1
-            break
-        record = equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads,
-                                                         train_steps=args.train_steps)
-        record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record.update(where)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        records[case.name] = record
-        print(f"[{i}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s)"
-              + (f" {record['error']}" if record.get("error") else ""), flush=True)
+    done = 0
+
+    def check(case):
+        return equivalence.check_preset_in_subprocess(case, frameworks, threads=threads, train_steps=args.train_steps)
+
+    # --jobs N: N presets at once, each in its own process (threads here only wait on them); this
+    # thread alone appends to the file, in the order the presets finish
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        queue = list(todo)
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < jobs:
+                if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
+                    stopped, queue = len(queue), []
+                    break
+                case = queue.pop(0)
+                running[pool.submit(check, case)] = case
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                case = running.pop(future)
+                record = future.result()
+                record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                record.update(where)
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                records[case.name] = record
+                done += 1
+                print(f"[{done}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s)"
+                      + (f" {record['error']}" if record.get("error") else ""), flush=True)
     ordered = {c.name: records[c.name] for c in cases if c.name in records}
     print()
     print(equivalence.summary_table(ordered, frameworks))
     total = sum(r.get("seconds", 0) for r in ordered.values())
     bad = [n for n, r in ordered.items() if not r["ok"]]
     missing = [c.name for c in cases if c.name not in ordered]
-    print(f"\n{len(ordered)} of {len(cases)} presets checked ({total / 60:.0f} min of checking in all), "
+    print(f"\n{len(ordered)} of {len(cases)} presets checked ({total / 60:.0f} min of checking in all, "
+          f"{(time.perf_counter() - started) / 60:.0f} min wall time this run, {jobs} at a time), "
           f"{len(bad)} not passing{': ' + ', '.join(bad) if bad else ''}; results: {path}")
     if left_out:
         print(f"not installed, not checked: {', '.join(left_out)}")
@@ -558,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a new results/check-all-<date>.jsonl)")
     p.add_argument("--budget-minutes", type=float, metavar="M",
                    help="with --all: start no preset after M minutes (continue later with --resume)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="with --all: check N presets at once, each in its own process (default 1); without "
+                        "--threads each gets cores/N threads. On a 2-core machine --jobs 2 about halves the wall "
+                        "time: most of a model's check is single-threaded XLA compilation")
     p.add_argument("--summary", action="store_true",
                    help="with --all --resume FILE: check nothing; print FILE's results as Markdown (host, commit, "
                         "one row per preset, the worst error per family and stage)")
@@ -576,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=None, metavar="N",
                    help="models: train N SGD steps (the measured train step, from the initial weights) in each stage "
                         "and compare every step's loss with the float64 anchor's (default: "
-                        "lambda_bench.equivalence.TRAINING_STEPS, 10; 0: no training stage)")
+                        "lambda_bench.equivalence.TRAINING_STEPS, 5; 0: no training stage)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_check)
 

@@ -66,7 +66,8 @@ def test_check_all_stops_at_the_budget(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv", [["check", "--all", "lambda"], ["check", "--all", "--suite"],
-                                  ["check", "lambda", "--resume", "x.jsonl"], ["check", "--all", "--budget-minutes", "0"]])
+                                  ["check", "lambda", "--resume", "x.jsonl"], ["check", "--all", "--budget-minutes", "0"],
+                                  ["check", "--all", "--jobs", "0"], ["check", "lambda", "--jobs", "2"]])
 def test_check_all_bad_input(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -119,3 +120,32 @@ def test_summary_needs_a_results_file(argv, capsys, tmp_path, monkeypatch):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("lambda-bench: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_check_all_jobs_runs_presets_at_once_and_writes_each_once(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    path = tmp_path / "all.jsonl"
+    names = ["lambda", "sasa", "mhsa", "axial"]
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get(n) for n in names])
+    lock, active, peak, seen = threading.Lock(), [0], [0], []
+
+    def fake(case, frameworks, **options):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            seen.append(options["threads"])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return _record(case.name)
+
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess", fake)
+    monkeypatch.setattr("lambda_bench.runner.usable_cpus", lambda: 4)
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--jobs", "2", "--resume", str(path)]) == 0
+    assert peak[0] == 2  # two at a time, never more
+    assert seen == [2] * 4  # 4 cores shared by 2 jobs
+    assert sorted(equivalence.read_records(path)) == sorted(names)
+    assert len(path.read_text().splitlines()) == 4
+    assert "2 at a time" in capsys.readouterr().out

@@ -98,3 +98,24 @@ def test_torch_trains_after_tensorflow_once_its_training_is_loaded():
     assert done.returncode == 0, done.stderr[-2000:]
     tf_loss, torch_loss = map(float, done.stdout.split())
     assert abs(tf_loss - torch_loss) <= 1e-4 * abs(torch_loss)
+
+
+def test_a_momentum_change_in_one_framework_fails_from_the_third_loss(monkeypatch):
+    """What the first steps prove: loss 1 is the loss of the initial weights, loss 2 follows the first
+    update (gradient, clip, learning rate), loss 3 the first update that uses momentum. A framework whose
+    momentum differs (0.8 for 0.9) matches the anchor at losses 1 and 2 and fails the float64 stage from
+    loss 3 on: the check's TRAINING_STEPS (5) sees it with steps to spare."""
+    _frameworks()
+    real, calls = equivalence.training_losses, []
+
+    def framework_with_other_momentum(framework, case, **options):
+        calls.append(framework)
+        if len(calls) == 2:  # the first call trains the anchor, the second the checked framework
+            with monkeypatch.context() as m:
+                m.setattr(steps, "MOMENTUM", 0.8)
+                return real(framework, case, **options)
+        return real(framework, case, **options)
+
+    monkeypatch.setattr(equivalence, "training_losses", framework_with_other_momentum)
+    rows = equivalence.training_checks(CASE, ["torch"], _stages()[1:], steps=4)
+    assert [r.status for r in rows] == ["ok", "ok", "FAIL", "FAIL"], [(r.tensor, r.rel_error) for r in rows]
