@@ -169,7 +169,10 @@ def _peer_groups() -> list[dict[str, Any]]:
 
 
 PRESETS["peers"] = {
-    "threads": 2, "timeout_s": 600, "timing": {"warmup_steps": 2, "min_steps": 5, "min_time_s": 2.0},
+    # 3 processes per case: the bars compare figures from different processes, and one process's figure
+    # scatters by about 16% (median process_spread, docs/peers.md) on a VM whose own speed moves
+    "threads": 2, "timeout_s": 600, "processes": 3,
+    "timing": {"warmup_steps": 2, "min_steps": 5, "min_time_s": 2.0},
     "batch_sizes": [8], "modes": ["infer", "train"], "groups": _peer_groups(),
 }
 

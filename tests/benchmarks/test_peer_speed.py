@@ -8,8 +8,9 @@ fresh worker, the interference monitor around its timed window; docs/peers.md):
   jax, every layer, both modes: our jax.jit time <= 1.25 x our PyTorch layer's eager time (JAX has no
       peer).
 
-    pytest tests/benchmarks/test_peer_speed.py --benchmark-only                 # runs the preset (~30 min
-                                                                                # on 2 cores)
+    pytest tests/benchmarks/test_peer_speed.py --benchmark-only                 # runs the preset (3
+                                                                                # processes per case:
+                                                                                # ~40 min on 2 cores)
     LAMBDA_BENCH_PEERS_RUN=results/peers-... pytest ... --benchmark-only        # reads a run instead
 
 pytest-benchmark's own table shows, per bar, our step for that case timed in this process (the
