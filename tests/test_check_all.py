@@ -20,7 +20,8 @@ def _record(name, ok=True, status=None):
     return {"preset": name, "family": "layer", "frameworks": ["torch"], "status": status or ("pass" if ok else "fail"),
             "ok": ok, "seconds": 1.0,
             "summary": [{"framework": "torch", "stage": "float32", "ok": ok, "worst": 1e-7 if ok else 0.5,
-                         "worst_tensor": "grad x"}]}
+                         "worst_tensor": "grad x", "tensors": 4, "rounding_limited": 0 if ok else 1,
+                         "float32_agreeing": 0}]}
 
 
 def test_resume_file_with_a_cut_last_line_drops_it(tmp_path):
@@ -110,7 +111,7 @@ def test_summary_prints_the_file_as_markdown_and_checks_nothing(tmp_path, monkey
     assert "| `lambda` | layer | 2×8×10×64 | 1 | ok 1.0e-07 | – | pass |" in out
     assert "| `sasa` | layer |  | 7200 | **FAIL** 5.0e-01 | – | fail |" in out
     assert "error: killed by signal 9 (out of memory?)" in out
-    assert "| layer | float32 | 5.00e-01 | `sasa` torch grad x |" in out
+    assert "| layer | 3 | 7202 | float32 | 12 | 1 | 0 | 5.00e-01 | `sasa` torch grad x |" in out
     assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records)  # untouched
 
 
