@@ -51,8 +51,11 @@ class BatchNorm(nnx.Module):
             count = x.size // x.shape[-1]
             unbiased = var * count / max(count - 1, 1)
             m = self.momentum
-            self.running_mean[...] = (1 - m) * self.running_mean[...] + m * mean
-            self.running_var[...] = (1 - m) * self.running_var[...] + m * unbiased
+            # set_value, not `running_mean[...] = `: under a trace flax compares the new value's
+            # sharding, and a tracer's missing-attribute message walks the whole jaxpr so far, which
+            # made tracing a deep network quadratic in its depth
+            self.running_mean.set_value((1 - m) * self.running_mean[...] + m * mean)
+            self.running_var.set_value((1 - m) * self.running_var[...] + m * unbiased)
         else:
             mean, var = self.running_mean[...], self.running_var[...]
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
