@@ -264,7 +264,7 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
           f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
     from .results import git_commit
 
-    where = {"commit": git_commit(), "host": socket.gethostname()}
+    host = socket.gethostname()
     started = time.perf_counter()
     stopped = 0
     done = 0
@@ -285,15 +285,17 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
                     stopped, queue = len(queue), []
                     break
                 case = queue.pop(0)
-                running[pool.submit(check, case)] = case
+                # the commit as the preset's process starts: a run that resumes for hours may see
+                # the checkout move on
+                running[pool.submit(check, case)] = (case, git_commit())
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                case = running.pop(future)
+                case, commit = running.pop(future)
                 record = future.result()
                 record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                record.update(where)
+                record.update(commit=commit, host=host)
                 with open(path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 records[case.name] = record

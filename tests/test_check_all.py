@@ -150,3 +150,18 @@ def test_check_all_jobs_runs_presets_at_once_and_writes_each_once(tmp_path, monk
     assert sorted(equivalence.read_records(path)) == sorted(names)
     assert len(path.read_text().splitlines()) == 4
     assert "2 at a time" in capsys.readouterr().out
+
+
+def test_check_all_records_the_commit_each_preset_started_at(tmp_path, monkeypatch):
+    # a run resumed for hours may see the checkout move on: each record names the commit its
+    # preset's process started from, not the one the run started at
+    from lambda_bench import results
+
+    path = tmp_path / "all.jsonl"
+    commits = iter(["a" * 40, "b" * 40, "c" * 40])
+    monkeypatch.setattr(results, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda"), zoo.get("sasa")])
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess", lambda case, frameworks, **options: _record(case.name))
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--jobs", "1", "--resume", str(path)]) == 0
+    records = equivalence.read_records(path)
+    assert (records["lambda"]["commit"], records["sasa"]["commit"]) == ("a" * 40, "b" * 40)
