@@ -3,6 +3,10 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Beside another test process, OpenMP threads that spin while they wait slow PyTorch's eager steps
+    # 35-66x (docs/measurement.md, "Thread policy"); sleeping at once does not. Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Importing torchvision, timm or triton (torch's FLOP counter loads it) after TensorFlow has loaded
 # kills the process (TF 2.21, torch 2.14.1): load them first, whichever test runs first.
@@ -51,3 +55,11 @@ def require_browser():
         if "browser" in REQUIRED:
             pytest.fail(f"LAMBDA_BENCH_REQUIRE names browser: {exc}")
         pytest.skip(str(exc))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """tox.ini splits the suite in two passes by the ``serial`` marker: a pass that the selected
+    files leave empty (e.g. `tox -e full -- tests/test_reference.py`) succeeds instead of failing
+    with "no tests collected"."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.option.markexpr in ("serial", "not serial"):
+        session.exitstatus = pytest.ExitCode.OK

@@ -11,6 +11,9 @@ import pytest
 
 from lambda_bench import cli, results
 
+# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

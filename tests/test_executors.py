@@ -26,6 +26,9 @@ from lambda_bench.report import environment
 require_or_skip("distributed", "cluster")  # pytest.importorskip, unless CI requires the cluster extra
 from lambda_bench.executors.dask import DaskExecutor, local_worker_specs  # noqa: E402
 
+# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = (sys.executable, str(ROOT / "tests" / "helpers" / "fake_worker.py"))
 MODELS = ["lambda", "lambda_conv", "mhsa", "sasa", "axial"]

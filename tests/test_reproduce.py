@@ -10,6 +10,9 @@ import pytest
 
 from lambda_bench import cli, reproduce, results, runner
 
+# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = (sys.executable, str(ROOT / "tests" / "helpers" / "fake_worker.py"))
 

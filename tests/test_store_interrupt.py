@@ -15,6 +15,9 @@ import pytest
 from helpers.store import LAYERS, ROOT, SMALL, fake_env, one_line, run_cli, start_cli
 from lambda_bench import results, runner
 
+# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+pytestmark = pytest.mark.serial
+
 
 def _wait_for(predicate, timeout=120):
     deadline = time.time() + timeout
