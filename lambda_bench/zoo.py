@@ -145,10 +145,11 @@ CHECK_SUITE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-# The registered models CI checks as registered (64 px, batch 2), beside the suite: the deepest lambda
-# ResNet that fits CI's budget, which went NaN in eval mode before calibration damped its lambda blocks.
+# The registered models CI checks as registered (64 px, batch 2), beside the suite: the paper's
+# LambdaResNet-26 (lambda convolutions with r = 23 in every stage). LambdaResNet-101's check took
+# 203 s of a 30-minute CI; tests/test_calibration.py keeps its eval and train forwards finite, and
 # `lambda-bench check --all` covers every preset.
-CHECK_SAMPLE = ("lambda_resnet101",)
+CHECK_SAMPLE = ("lambda_resnet26",)
 
 
 def suite() -> list[Case]:

@@ -11,8 +11,8 @@ import pytest
 
 from lambda_bench import cli, results
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
-pytestmark = pytest.mark.serial
+# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
+pytestmark = pytest.mark.xdist_group("test_cli_run")
 
 
 @pytest.fixture(scope="module")

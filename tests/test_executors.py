@@ -26,7 +26,8 @@ from lambda_bench.report import environment
 require_or_skip("distributed", "cluster")  # pytest.importorskip, unless CI requires the cluster extra
 from lambda_bench.executors.dask import DaskExecutor, local_worker_specs  # noqa: E402
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+# its assertions depend on CPU time or on timed workers finishing in time: run alone (tox.ini's
+# second pass), not beside another test process
 pytestmark = pytest.mark.serial
 
 ROOT = Path(__file__).resolve().parent.parent

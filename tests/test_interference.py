@@ -20,7 +20,8 @@ from lambda_bench.measure import interference
 from lambda_bench.measure.interference import CpuSample, Monitor, others_fraction, time_with_policy
 from lambda_bench.measure.timing import TimingConfig
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+# its assertions depend on CPU time or on timed workers finishing in time: run alone (tox.ini's
+# second pass), not beside another test process
 pytestmark = pytest.mark.serial
 
 linux = pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"),

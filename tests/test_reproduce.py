@@ -10,7 +10,8 @@ import pytest
 
 from lambda_bench import cli, reproduce, results, runner
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+# its assertions depend on CPU time or on timed workers finishing in time: run alone (tox.ini's
+# second pass), not beside another test process
 pytestmark = pytest.mark.serial
 
 ROOT = Path(__file__).resolve().parent.parent

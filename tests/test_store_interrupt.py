@@ -15,7 +15,8 @@ import pytest
 from helpers.store import LAYERS, ROOT, SMALL, fake_env, one_line, run_cli, start_cli
 from lambda_bench import results, runner
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
+# its assertions depend on CPU time or on timed workers finishing in time: run alone (tox.ini's
+# second pass), not beside another test process
 pytestmark = pytest.mark.serial
 
 

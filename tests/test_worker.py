@@ -9,9 +9,6 @@ import pytest
 from lambda_bench import preflight, results, runner, worker
 from lambda_bench.backend import FrameworkUnavailable
 
-# real workers or CPU-time readings: run alone (tox.ini's second pass), not beside another test process
-pytestmark = pytest.mark.serial
-
 pytest.importorskip("torch")
 
 TIMING = {"warmup_steps": 1, "min_steps": 3, "min_time_s": 0.0, "remeasure": 0}  # memory, not timing, is tested
