@@ -121,7 +121,7 @@ def describe_model(s: Any) -> str:
     return family_of(s).describe(s)
 
 
-# The equivalence cases CI covers (tests/test_equivalence.py; `lambda-bench check --suite`): lambda
+# The equivalence cases CI covers (tests/test_equivalence*.py; `lambda-bench check --suite`): lambda
 # layers with both position forms, content-only and position-only, |u| in {1, 4}, |h| in {1, 4},
 # non-square and odd sizes, stride 2 with both pools, batch 1, d_in != d_out, the paper's r = 23;
 # the three attention layers; a ResNet with every mixer, one with SE and the ResNet-D stem, and

@@ -11,9 +11,6 @@ import pytest
 
 from conftest import require_or_skip
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_check_memory")
-
 
 @pytest.fixture(scope="module")
 def jax_efficientnet():

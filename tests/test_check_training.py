@@ -16,9 +16,6 @@ import pytest
 from lambda_bench import cli, equivalence, zoo
 from lambda_bench.measure import steps
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_check_training")
-
 CASE = zoo.get("lambda_resnet26", image_size=64, width=8, lambda_r=3, batch=2)
 STEPS = 3
 PERTURBED = "layer1.0.conv1.weight"

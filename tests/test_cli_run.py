@@ -11,9 +11,6 @@ import pytest
 
 from lambda_bench import cli, results
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_cli_run")
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

@@ -33,9 +33,6 @@ from lambda_bench.specs import EfficientNetSpec
 
 from conftest import framework_params, require_or_skip
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_efficientnet")
-
 VARIANTS = tuple(range(8))
 # timm 1.0.31's efficientnet_b0..b7 parameter counts (the published 5.3M ... 66.3M)
 TIMM_PARAMS = {0: 5_288_548, 1: 7_794_184, 2: 9_109_994, 3: 12_233_232, 4: 19_341_616, 5: 30_389_784,

@@ -19,9 +19,6 @@ from lambda_bench.specs import ResNetSpec
 
 from conftest import framework_params, require_or_skip
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_float64")
-
 CASE = zoo.get("resnet26", image_size=32, width=16, batch=2)
 PERTURBED = "layer1.0.conv1.weight"
 # every layer kind, small; and a ResNet holding each mixer, SE and the ResNet-D stem (weights only)

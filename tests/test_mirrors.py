@@ -18,9 +18,6 @@ import pytest
 
 from lambda_bench.backend import FRAMEWORKS
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_mirrors")
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "implementations"
 MIRRORED = tuple(sorted(p.name for p in (ROOT / "torch").glob("*.py") if p.name != "__init__.py"))
 PRIVATE_MECHANICS = ("backend.py", "peers.py")  # their private helpers: the Step's, the peers' builders

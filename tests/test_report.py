@@ -20,9 +20,6 @@ from lambda_bench.report import pareto, scaling  # noqa: E402
 from lambda_bench.report.render import SECTIONS  # noqa: E402
 from helpers.report_rows import EXPONENT, MODELS, _row, layer_rows, model_rows, write_run  # noqa: E402
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_report")
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -22,9 +22,6 @@ from helpers.report_rows import (flagged_rows, layer_rows, model_rows, quality_s
 from lambda_bench.report import browser, compare, render  # noqa: E402
 from lambda_bench.report.doc import Heading, Table, Text, write  # noqa: E402
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_report_browser")
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

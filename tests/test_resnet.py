@@ -41,9 +41,6 @@ from lambda_bench.specs import ResNetSpec
 
 from conftest import framework_params, require_or_skip
 
-# one test process runs this whole file, so its module fixtures and cached results are built once (tox.ini)
-pytestmark = pytest.mark.xdist_group("test_resnet")
-
 RESNET50_PARAMETERS = 25_557_032  # torchvision.models.resnet50
 
 
