@@ -287,7 +287,7 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
                 case = queue.pop(0)
                 # the commit as the preset's process starts: a run that resumes for hours may see
                 # the checkout move on
-                running[pool.submit(check, case)] = (case, git_commit())
+                running[pool.submit(check, case)] = (case, git_commit(ignore=[path]))
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -118,7 +118,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_commit(repo: Path | None = None) -> str | None:
+def git_commit(repo: Path | None = None, ignore: Iterable[str | Path] = ()) -> str | None:
+    """HEAD's commit of ``repo`` (default: this checkout), with "-dirty" when a tracked file differs from
+    it; changes to the files in ``ignore`` do not count (`check --all`'s results file, which it appends
+    to as it runs, would otherwise mark every record after the first)."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -127,7 +130,13 @@ def git_commit(repo: Path | None = None) -> str | None:
     if out.returncode != 0:
         return None
     commit = out.stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+    excluded = []
+    for name in ignore:
+        try:
+            excluded.append(f":(exclude){Path(name).resolve().relative_to(Path(repo).resolve())}")
+        except ValueError:  # outside the checkout: it cannot make the checkout dirty
+            pass
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
                            capture_output=True, text=True, timeout=10).stdout.strip()
     return commit + ("-dirty" if dirty else "")
 

@@ -159,9 +159,33 @@ def test_check_all_records_the_commit_each_preset_started_at(tmp_path, monkeypat
 
     path = tmp_path / "all.jsonl"
     commits = iter(["a" * 40, "b" * 40, "c" * 40])
-    monkeypatch.setattr(results, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(results, "git_commit", lambda **options: next(commits))
     monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda"), zoo.get("sasa")])
     monkeypatch.setattr(equivalence, "check_preset_in_subprocess", lambda case, frameworks, **options: _record(case.name))
     assert cli.main(["check", "--all", "--frameworks", "torch", "--jobs", "1", "--resume", str(path)]) == 0
     records = equivalence.read_records(path)
     assert (records["lambda"]["commit"], records["sasa"]["commit"]) == ("a" * 40, "b" * 40)
+
+
+def test_the_results_file_does_not_make_the_commit_dirty(tmp_path):
+    """check --all appends to its results file as it runs; inside the checkout that file alone must not
+    mark the records "-dirty", while any other change still does."""
+    import subprocess
+
+    from lambda_bench import results
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "all.jsonl").write_text("")
+    git("add", "code.py", "all.jsonl")
+    git("commit", "-q", "-m", "first")
+    (tmp_path / "all.jsonl").write_text("{}\n")
+    clean = results.git_commit(tmp_path, ignore=[tmp_path / "all.jsonl"])
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    assert results.git_commit(tmp_path).endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_commit(tmp_path, ignore=[tmp_path / "all.jsonl"]).endswith("-dirty")
