@@ -24,3 +24,15 @@ def test_training_sensitivity_bad_input(args, message):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [f"scripts/training-sensitivity: error: {message}"]
     assert out.stdout == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["no_such_model"], "not a registered model: no_such_model (`lambda-bench models` lists them)"),
+    (["resnet26", "efficientnet_b0"], "the check clears no ReLU kinks in efficientnet_b0 (only ResNets without SE)"),
+])
+def test_kink_margins_bad_input(args, message):
+    out = subprocess.run([sys.executable, str(SCRIPTS / "kink-margins"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [f"scripts/kink-margins: error: {message}"]
+    assert out.stdout == ""
