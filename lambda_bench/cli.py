@@ -145,8 +145,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UsageError("--all checks every registered preset as registered: give no NAME, --suite, --set, "
                              "--size, --batch, --perturb or --no-float64 with it")
         return _check_all(args, equivalence)
-    if args.resume or args.budget_minutes is not None or args.summary or args.jobs is not None:
-        raise UsageError("--resume, --budget-minutes, --jobs and --summary go with --all")
+    if args.resume or args.budget_minutes is not None or args.summary or args.jobs is not None or args.recheck:
+        raise UsageError("--resume, --recheck, --budget-minutes, --jobs and --summary go with --all")
     overrides = parse_overrides(args.set or [])
     if args.size:
         try:
@@ -247,6 +247,13 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
         raise UsageError(f"--resume {path}: a directory; give the JSON-lines file")
     records = equivalence.read_records(path)
     cases = equivalence.all_cases()
+    recheck = [n for n in (args.recheck or "").split(",") if n]
+    unknown = sorted(set(recheck) - {c.name for c in cases})
+    if unknown:
+        raise UsageError(f"--recheck {','.join(unknown)}: not a registered preset (`lambda-bench list`, "
+                         "`lambda-bench models`)")
+    if recheck and args.summary:
+        raise UsageError("--recheck checks presets again; --summary checks nothing: give one of them")
     if args.summary:
         from .backend import FRAMEWORKS
 
@@ -257,8 +264,10 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
                                            checked, len(cases)))
         return 0 if all(r["ok"] for r in records.values()) and len(records) >= len(cases) else 1
     # a preset that ended in an error (killed, timed out) is checked again; a pass or a fail is kept
+    # unless --recheck names it (after a fix): its new record is appended, the file keeps the old one,
+    # and the latest record of a preset is its result
     todo = [c for c in cases if c.name not in records or records[c.name]["status"] == "error"
-            or set(frameworks) - set(records[c.name]["frameworks"])]
+            or set(frameworks) - set(records[c.name]["frameworks"]) or c.name in recheck]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f"lambda-bench check --all: {len(cases)} presets, {len(cases) - len(todo)} done in {path}, "
           f"{len(todo)} to check ({', '.join(frameworks)})", flush=True)
@@ -589,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="FILE.jsonl",
                    help="with --all: the JSON-lines file to append to; presets already in it are not checked again "
                         "(default: a new results/check-all-<date>.jsonl)")
+    p.add_argument("--recheck", metavar="NAME[,NAME...]",
+                   help="with --all: check these presets again even if FILE holds their result (after a fix); the "
+                        "new record is appended and counts, the old line stays in the file")
     p.add_argument("--budget-minutes", type=float, metavar="M",
                    help="with --all: start no preset after M minutes (continue later with --resume)")
     p.add_argument("--jobs", type=int, metavar="N",

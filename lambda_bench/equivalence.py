@@ -121,8 +121,16 @@ LAMBDA_BRANCH_GAIN = 2.0
 # shifting the BatchNorm bias before it. float32 moved BatchNorm outputs by up to 2.8e-5 of their
 # largest value there. A wider margin needs large shifts where a channel holds many values (2048
 # in the stem): with 1e-3 (and the running statistics calibrated before the shift), LambdaResNet-50's
-# eval output overflowed.
+# eval output overflowed. The margin also grows with the rounding where that is larger: float32
+# rounding moves a ReLU's inputs further the deeper it sits (lambda_resnet50_lccc at 64 px: 5e-7 of
+# the largest input in the stem, 2-4e-4 in the last stage, where each channel holds 8 values), and
+# an element the shift put exactly 1e-4 from zero in layer4.2 flipped in TensorFlow float32 alone
+# (5 gradients failed by up to 6.9e-3 against 7.9e-4). So each ReLU's margin is at least
+# KINK_ROUNDING_FACTOR times the distance the float32 rounding probes (as rounding_limits makes them)
+# move its inputs, relative to its largest input (relu_kink_margins): there, torch float32 moved
+# them 0.4-1.2 times as far as the probes (`scripts/kink-margins lambda_resnet50_lccc`).
 KINK_MARGIN = 1e-4
+KINK_ROUNDING_FACTOR = 10.0
 
 # see tolerance_for. Measured against the torch float64 anchor at 64 px, batch 2 (`lambda-bench check efficientnet_b0 efficientnet_b3 --json`):
 # EfficientNet-B0 gradients 1.4e-4, B3 5e-4 in every framework, torch float32 included; rounding
@@ -322,22 +330,17 @@ def relu_kink_shift(z: np.ndarray, margin: float) -> float:
     return float(min(allowed, key=abs))
 
 
-def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
-    """``w`` with the bias of each BatchNorm whose output a ReLU takes shifted, per channel, by the
-    least amount that keeps every ReLU input of the anchor's train-mode forward on ``x`` at least
-    KINK_MARGIN times that ReLU's largest input away from zero (see KINK_MARGIN). A ResNet's stem
-    BatchNorms and each block's bn1 and bn2 feed a ReLU directly; bn3 feeds it through the residual
-    add, which a shift of its bias moves by exactly that shift (train mode). A ResNet with SE is
-    returned unchanged (the SE gate between bn3 and the add would move with the shift, so no bias
-    shift clears the block outputs), as are other models (EfficientNets: SiLU) and layers."""
-    from . import families
-
-    if families.family_of(case.spec).name != "resnet" or case.spec.se:
-        return dict(w)
+def _relu_input_pass(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray, visit,
+                     dtype: str = "float64") -> dict[str, np.ndarray]:
+    """One train-mode forward of the torch anchor (a ResNet without SE; ``dtype`` float32 for torch's
+    float32 model) on ``w`` and ``x``, calling ``visit(name, z)`` with each ReLU's input z, channels
+    first, (c, values) (named by the BatchNorm before it; a block's output by the block). ``visit``
+    returns a per-channel shift of that BatchNorm's bias, or None. Returns the model's state after the
+    pass (with the shifted biases)."""
     import torch
 
     backend = get_backend("torch")
-    model = backend.build(case.spec, 0, dtype="float64")
+    model = backend.build(case.spec, 0, dtype=dtype) if dtype != "float32" else backend.build(case.spec, 0)
     backend.load_weights(model, w)
     direct = ["conv1.1", "conv1.4", "bn1"] if case.spec.stem == "deep" else ["bn1"]
     through_add = []
@@ -346,16 +349,19 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
         through_add.append(b.prefix[:-1])
     block_inputs: dict[str, torch.Tensor] = {}
 
-    def shift_output(module, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        margin = KINK_MARGIN * float(z.abs().max())
-        values = z.detach().transpose(0, 1).reshape(z.shape[1], -1).cpu().numpy()
-        shifts = torch.tensor([relu_kink_shift(v, margin) for v in values], dtype=out.dtype, device=out.device)
+    def shift_output(name, module, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        shifts = visit(name, z.detach().transpose(0, 1).reshape(z.shape[1], -1).cpu().double().numpy())
+        if shifts is None:
+            return out
+        shifts = torch.tensor(shifts, dtype=out.dtype, device=out.device)
         with torch.no_grad():
             module.bias += shifts
         return out + shifts.reshape(1, -1, *([1] * (out.ndim - 2)))
 
-    def direct_hook(module, args, out):
-        return shift_output(module, out, out)
+    def direct_hook(name):
+        def hook(module, args, out):
+            return shift_output(name, module, out, out)
+        return hook
 
     def remember_input(name):
         def hook(module, args):
@@ -367,10 +373,10 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
             block = model.get_submodule(block_name)
             x_in = block_inputs[block_name]
             shortcut = block.downsample(x_in) if block.downsample is not None else x_in
-            return shift_output(module, out + shortcut, out)
+            return shift_output(block_name, module, out + shortcut, out)
         return hook
 
-    handles = [model.get_submodule(name).register_forward_hook(direct_hook) for name in direct]
+    handles = [model.get_submodule(name).register_forward_hook(direct_hook(name)) for name in direct]
     for name in through_add:
         handles.append(model.get_submodule(name).register_forward_pre_hook(remember_input(name)))
         handles.append(model.get_submodule(name + ".bn3").register_forward_hook(add_hook(name)))
@@ -379,10 +385,67 @@ def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> 
     finally:
         for h in handles:
             h.remove()
-    state = backend.export_weights(model)
+    return backend.export_weights(model)
+
+
+def _clears_kinks(case: Case) -> bool:
+    from . import families
+
+    return families.family_of(case.spec).name == "resnet" and not case.spec.se
+
+
+def relu_rounding_movement(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
+    """How far float32 rounding moves each ReLU's inputs (named as _relu_input_pass names them),
+    relative to its largest input, measured as rounding_limits measures a tensor's sensitivity: the
+    anchor on its input and weights jittered at float32's rounding, the largest distance over
+    ROUNDING_PROBES probes."""
+    def record(into):
+        return lambda name, z: into.__setitem__(name, z) or None
+
+    base: dict[str, np.ndarray] = {}
+    _relu_input_pass(case, w, x, record(base))
+    moved = dict.fromkeys(base, 0.0)
+    eps = ROUNDING["float32"]
+    for probe in range(ROUNDING_PROBES):
+        rng = np.random.default_rng([3, probe])  # the probes' own stream, whatever the check's seed
+        moved_x = np.asarray(x, np.float64) * (1.0 + eps * rng.uniform(-1.0, 1.0, np.shape(x)))
+        probed: dict[str, np.ndarray] = {}
+        _relu_input_pass(case, jittered(case.spec, w, eps, int(rng.integers(2 ** 31))), moved_x, record(probed))
+        for name, z in base.items():
+            scale = float(np.abs(z).max())
+            if scale > 0:
+                moved[name] = max(moved[name], float(np.abs(probed[name] - z).max()) / scale)
+    return moved
+
+
+def relu_kink_margins(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
+    """Each ReLU's margin, relative to its largest input: the larger of KINK_MARGIN and
+    KINK_ROUNDING_FACTOR times relu_rounding_movement."""
+    return {name: max(KINK_MARGIN, KINK_ROUNDING_FACTOR * m)
+            for name, m in relu_rounding_movement(case, w, x).items()}
+
+
+def clear_relu_kinks(case: Case, w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+    """``w`` with the bias of each BatchNorm whose output a ReLU takes shifted, per channel, by the
+    least amount that keeps every ReLU input of the anchor's train-mode forward on ``x`` at least
+    its margin (relu_kink_margins) times that ReLU's largest input away from zero (see KINK_MARGIN).
+    A ResNet's stem BatchNorms and each block's bn1 and bn2 feed a ReLU directly; bn3 feeds it through
+    the residual add, which a shift of its bias moves by exactly that shift (train mode). A ResNet with
+    SE is returned unchanged (the SE gate between bn3 and the add would move with the shift, so no
+    bias shift clears the block outputs), as are other models (EfficientNets: SiLU) and layers."""
+    if not _clears_kinks(case):
+        return dict(w)
+    margins = relu_kink_margins(case, w, x)
+
+    def shift(name, values):
+        margin = margins[name] * float(np.abs(values).max())
+        return np.array([relu_kink_shift(v, margin) for v in values])
+
+    state = _relu_input_pass(case, w, x, shift)
     out = dict(w)
-    for name in direct + [n + ".bn3" for n in through_add]:
-        out[name + ".bias"] = np.asarray(state[name + ".bias"], np.float64).astype(np.float32)
+    for name in margins:
+        bias = name + ".bias" if name + ".bias" in w else name + ".bn3.bias"
+        out[bias] = np.asarray(state[bias], np.float64).astype(np.float32)
     return out
 
 

@@ -68,7 +68,9 @@ def test_check_all_stops_at_the_budget(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv", [["check", "--all", "lambda"], ["check", "--all", "--suite"],
                                   ["check", "lambda", "--resume", "x.jsonl"], ["check", "--all", "--budget-minutes", "0"],
-                                  ["check", "--all", "--jobs", "0"], ["check", "lambda", "--jobs", "2"]])
+                                  ["check", "--all", "--jobs", "0"], ["check", "lambda", "--jobs", "2"],
+                                  ["check", "--all", "--recheck", "lambda,no_such_preset"],
+                                  ["check", "lambda", "--recheck", "lambda"]])
 def test_check_all_bad_input(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -189,3 +191,21 @@ def test_the_results_file_does_not_make_the_commit_dirty(tmp_path):
     assert results.git_commit(tmp_path).endswith("-dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results.git_commit(tmp_path, ignore=[tmp_path / "all.jsonl"]).endswith("-dirty")
+
+
+def test_recheck_checks_a_recorded_preset_again_and_keeps_the_old_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "all.jsonl"
+    path.write_text(json.dumps(_record("lambda", ok=False)) + "\n" + json.dumps(_record("sasa")) + "\n")
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get("lambda"), zoo.get("sasa")])
+    checked = []
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess",
+                        lambda case, frameworks, **options: (checked.append(case.name), _record(case.name))[1])
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path)]) == 1  # the fail is kept
+    assert checked == []
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path), "--recheck", "lambda"]) == 0
+    assert checked == ["lambda"]  # sasa passed and is not named: not checked again
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["preset"], r["status"]) for r in lines] == [("lambda", "fail"), ("sasa", "pass"), ("lambda", "pass")]
+    assert equivalence.read_records(path)["lambda"]["status"] == "pass"
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path), "--summary"]) == 0
+    assert "2 of 2 presets checked (2 pass, 0 fail" in capsys.readouterr().out

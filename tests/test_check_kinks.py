@@ -76,3 +76,62 @@ def test_only_batchnorm_biases_before_a_relu_move_and_by_little(monkeypatch):
     moved = sorted(name for name in w if not np.array_equal(w[name], original[name]))
     assert moved and all(name.endswith((".bn1.bias", ".bn2.bias", ".bn3.bias")) or name == "bn1.bias" for name in moved)
     assert max(float(np.max(np.abs(w[n] - original[n]))) for n in moved) < 0.1
+
+
+def _relu_inputs(case, w, x, dtype="float64"):
+    seen = {}
+    equivalence._relu_input_pass(case, w, x, lambda name, z: seen.__setitem__(name, z) or None, dtype=dtype)
+    return seen
+
+
+def _before_and_after_clearing(monkeypatch, case):
+    """The weights the check clears the kinks of, the checked input, and the cleared weights."""
+    seen = {}
+    cleared = equivalence.clear_relu_kinks
+
+    def keep(case, weights, x):
+        seen.update(before=dict(weights), x=x, after=cleared(case, weights, x))
+        return seen["after"]
+
+    monkeypatch.setattr(equivalence, "clear_relu_kinks", keep)
+    equivalence.inputs(case)
+    return seen["before"], seen["x"], seen["after"]
+
+
+def test_each_relu_keeps_the_margin_its_rounding_asks_for(monkeypatch):
+    """Where the float32 probes move a ReLU's inputs far (here: made to, for the last block's output),
+    the margin there grows to KINK_ROUNDING_FACTOR times that distance."""
+    pytest.importorskip("torch")
+    measured = equivalence.relu_rounding_movement
+    last = CASE.spec.blocks()[-1].prefix[:-1]
+
+    def larger(case, w, x):
+        moved = measured(case, w, x)
+        moved[last] = 1e-3
+        return moved
+
+    monkeypatch.setattr(equivalence, "relu_rounding_movement", larger)
+    before, x, after = _before_and_after_clearing(monkeypatch, CASE)
+    margins = equivalence.relu_kink_margins(CASE, before, x)
+    assert margins[last] == pytest.approx(equivalence.KINK_ROUNDING_FACTOR * 1e-3)
+    assert min(margins.values()) >= equivalence.KINK_MARGIN
+    for name, z in _relu_inputs(CASE, after, x).items():
+        assert np.abs(z).min() / np.abs(z).max() >= 0.99 * margins[name], name
+    z = _relu_inputs(CASE, before, x)[last]
+    assert np.abs(z).min() / np.abs(z).max() < margins[last]  # not met by chance
+
+
+def test_float32_rounding_stays_inside_every_margin(monkeypatch):
+    """lambda_resnet50_lccc at 64 px: torch float32 moves its last stage's ReLU inputs by up to 4e-4
+    of their largest value, beyond the KINK_MARGIN floor (1e-4), and an element the shift had put
+    exactly at the floor flipped in TensorFlow float32 (5 gradients failed). Every ReLU's margin now
+    holds float32's movement with room (scripts/kink-margins prints the table)."""
+    pytest.importorskip("torch")
+    case = zoo.get("lambda_resnet50_lccc")
+    before, x, after = _before_and_after_clearing(monkeypatch, case)
+    margins = equivalence.relu_kink_margins(case, before, x)
+    anchor, single = _relu_inputs(case, after, x), _relu_inputs(case, after, x, dtype="float32")
+    moved = {name: np.abs(single[name] - z).max() / np.abs(z).max() for name, z in anchor.items()}
+    assert max(moved.values()) > equivalence.KINK_MARGIN  # the floor alone would not hold it
+    for name in anchor:
+        assert moved[name] < margins[name] / 2, (name, moved[name], margins[name])

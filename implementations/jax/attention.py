@@ -168,7 +168,8 @@ def _neighbourhoods(a: jax.Array, window: int) -> jax.Array:
     r = window // 2
     padded = jnp.pad(a, ((0, 0), (r, r), (r, r), (0, 0)))
     # rows, then columns: 2 * window slices instead of window**2, the same values; XLA compiles the
-    # 49 slices of a 7 x 7 window slowly (SASA-ResNet-26's train step: 180 s against 83 s, docs/checks.md)
+    # 49 slices of a 7 x 7 window slowly (SASA-ResNet-26's prepare plus first train step:
+    # 180 s against 83 s, docs/checks.md)
     rows = jnp.stack([padded[:, i:i + height] for i in range(window)], axis=3)  # (b, H, W + 2r, window, c)
     both = jnp.stack([rows[:, :, j:j + width] for j in range(window)], axis=4)  # (b, H, W, window, window, c)
     return both.reshape(b, height, width, window * window * c)
