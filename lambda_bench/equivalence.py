@@ -686,8 +686,9 @@ def training_checks(case: Case, frameworks: list[str], stages: list[tuple[str, f
                     seed: int = 0, threads: int | None = None, perturb: str | None = None) -> list[TensorCheck]:
     """Rows "loss after step i" for every framework and stage: each loss against the anchor's (torch's
     train step on its float64 model); a loss above the tolerance passes as rounding-limited within
-    ROUNDING_FACTOR times the largest distance the anchor's losses move when it is trained from its
-    weights jittered at the stage's rounding (ROUNDING_PROBES runs, made only where needed).
+    ROUNDING_FACTOR times the largest distance the anchor's losses move, at that step or an earlier one,
+    when it is trained from its weights jittered at the stage's rounding (ROUNDING_PROBES runs, made
+    only where needed).
     ``perturb``: that weight changed by 1e-3 of its scale in the frameworks' initial weights only.
     NonFiniteError where the anchor's loss is NaN or Inf (the recipe diverged)."""
     load_torch_training()  # the anchor trains in torch
@@ -715,7 +716,11 @@ def training_checks(case: Case, frameworks: list[str], stages: list[tuple[str, f
                 moved = training_losses("torch", case, steps=steps, seed=seed, threads=threads, dtype="float64",
                                         weights=jittered(case.spec, w0, ROUNDING[stage], int(rng.integers(2 ** 31))))
                 worst = [max(m, relative_error(np.float64(v), np.float64(r))) for m, v, r in zip(worst, moved, ref)]
-            limits = [ROUNDING_FACTOR * m for m in worst]
+            # a running maximum: once rounding has moved the trajectory by some distance, a later step
+            # that lands nearer the anchor's is the runs crossing by chance, not rounding undone
+            # (lambda_resnet101, float32: the probes moved loss 3 by 5.1e-2, loss 4 by 4.9e-3, loss 5
+            # by 5.3e-2, and JAX's loss 4, 6.9e-2 off, failed on that dip)
+            limits = [ROUNDING_FACTOR * m for m in np.maximum.accumulate(worst)]
         for fw in frameworks:
             rows.extend(TensorCheck(case.name, fw, training_name(i), e, tolerance, stage, limits[i])
                         for i, e in enumerate(errors[fw]))

@@ -119,3 +119,26 @@ def test_a_momentum_change_in_one_framework_fails_from_the_third_loss(monkeypatc
     monkeypatch.setattr(equivalence, "training_losses", framework_with_other_momentum)
     rows = equivalence.training_checks(CASE, ["torch"], _stages()[1:], steps=4)
     assert [r.status for r in rows] == ["ok", "ok", "FAIL", "FAIL"], [(r.tensor, r.rel_error) for r in rows]
+
+
+def test_a_loss_gets_the_rounding_bar_of_the_steps_before_it(monkeypatch):
+    """A chaotic recipe: rounding moves the anchor's losses far by step 2, and at step 3 the probes
+    happen to land near the anchor's loss again. A framework as far off as rounding took it at step 2
+    passes at step 3 too (the bar is the running maximum), while a loss off before rounding moved
+    anything (step 1) still fails."""
+    anchor = [2.0, 3.0, 4.0, 5.0]
+    probe = [2.0, 3.3, 4.004, 5.5]  # moved 0, 1e-1, 1e-3, 1e-1
+
+    def losses(framework, case, *, weights=None, **options):
+        if framework == "torch" and options.get("dtype") == "float64":
+            return list(anchor) if weights is None else list(probe)
+        return [2.0 * (1 + 1e-2), 3.0, 4.0 * (1 + 0.5), 5.0]  # loss 1 off by 1e-2, loss 3 by 0.5
+
+    monkeypatch.setattr(equivalence, "training_losses", losses)
+    monkeypatch.setattr(equivalence, "load_torch_training", lambda: None)
+    monkeypatch.setattr(equivalence.canonical, "init_weights", lambda spec, seed: {})
+    monkeypatch.setattr(equivalence, "jittered", lambda spec, w, eps, seed: {"jittered": seed})
+    rows = equivalence.training_checks(CASE, ["jax"], [("float32", 1e-4)], steps=4)
+    assert [r.status for r in rows] == ["FAIL", "ok", "rounding-limited", "ok"], [(r.tensor, r.rounding_limit) for r in rows]
+    limits = [r.rounding_limit for r in rows]
+    assert limits[0] == 0.0 and limits[2] == pytest.approx(10 * 0.1) and limits[3] == pytest.approx(10 * 0.1)
