@@ -127,8 +127,8 @@ LAMBDA_BRANCH_GAIN = 2.0
 # an element the shift put exactly 1e-4 from zero in layer4.2 flipped in TensorFlow float32 alone
 # (5 gradients failed by up to 6.9e-3 against 7.9e-4). So each ReLU's margin is at least
 # KINK_ROUNDING_FACTOR times the distance the float32 rounding probes (as rounding_limits makes them)
-# move its inputs, relative to its largest input (relu_kink_margins): there, torch float32 moved
-# them 0.4-1.2 times as far as the probes (`scripts/kink-margins lambda_resnet50_lccc`).
+# move its inputs, relative to its largest input (relu_kink_margins): torch float32 moved them
+# 0.4-1.35 times as far as the probes (`scripts/kink-margins lambda_resnet50_lccc resnet26`).
 KINK_MARGIN = 1e-4
 KINK_ROUNDING_FACTOR = 10.0
 
