@@ -112,6 +112,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peak_memory_gib() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
+
+
 def _print_paper_counts(rows: list[dict], as_json: bool) -> int:
     """`lambda-bench models --paper`: lambda_bench.counting.paper_comparison as a table."""
     if as_json:
@@ -191,6 +198,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             "summary": [_stage_summary(rows, c.name, fw, stage) for c in cases for fw in frameworks
                         for stage in ("float32", "float64") if any(r.stage == stage and r.case == c.name for r in rows)],
             "checks": [r.as_dict() for r in rows],
+            # what `check --all --jobs N` needs per job: the process's peak resident memory
+            "peak_memory_gib": round(_peak_memory_gib(), 2),
         }, indent=2))
     else:
         for case in cases:
@@ -309,7 +318,8 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
                     f.write(json.dumps(record) + "\n")
                 records[case.name] = record
                 done += 1
-                print(f"[{done}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s)"
+                print(f"[{done}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s"
+                      + (f", {record['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in record else "") + ")"
                       + (f" {record['error']}" if record.get("error") else ""), flush=True)
     ordered = {c.name: records[c.name] for c in cases if c.name in records}
     print()

@@ -556,12 +556,23 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
     if float64:
         stages.append(("float64", tolerance_for(case, "float64")))
     rows = []
-    observations: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    agreement: dict[str, dict[str, float]] = {}
     for stage, stage_tolerance in stages:
-        observations[stage] = {fw: _observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed, threads=threads,
-                                                     dtype="float64" if stage == "float64" else "float32")
-                               for fw in frameworks}
-        errors = {fw: model_errors(got, ref) for fw, got in observations[stage].items()}
+        # one framework's tensors (a copy of every gradient) are kept only as long as they are needed:
+        # the float32 ones until the frameworks' distances to each other are taken, the float64 ones
+        # not at all (one float64 copy of resnet420's gradients is 1 GiB; `check --all` records each
+        # preset's peak memory)
+        observations = {}
+        errors = {}
+        for fw in frameworks:
+            observations[fw] = _observed_checked(fw, case, w_frameworks, x, cotangent, ref, seed=seed, threads=threads,
+                                                 dtype="float64" if stage == "float64" else "float32")
+            errors[fw] = model_errors(observations[fw], ref)
+            if stage != "float32":
+                del observations[fw]
+        if stage == "float32":
+            agreement = agreement_errors(observations, ref)
+        del observations
         # the probes cost ROUNDING_PROBES anchor runs: only made when some tensor needs them
         needed = stage in ROUNDING and any(e > stage_tolerance for fw_errors in errors.values()
                                            for t, e in fw_errors.items() if t != "output (eval)")
@@ -573,7 +584,7 @@ def check_case(case: Case, frameworks: Iterable[str], *, seed: int = 0, threads:
         rows.extend(training_checks(case, frameworks, stages, steps=train_steps, seed=seed, threads=threads,
                                     perturb=perturb))
     if float64 and precision == "float32":
-        rows = apply_agreement_rule(rows, observations["float32"], ref)
+        rows = apply_agreement_rule(rows, agreement)
     return rows
 
 
@@ -610,16 +621,14 @@ def _l2(arrays: list[np.ndarray]) -> float:
     return sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in arrays) ** 0.5
 
 
-def apply_agreement_rule(rows: list[TensorCheck], float32_observations: Mapping[str, Mapping[str, np.ndarray]],
-                         ref: Mapping[str, np.ndarray]) -> list[TensorCheck]:
+def apply_agreement_rule(rows: list[TensorCheck], agree: Mapping[str, Mapping[str, float]]) -> list[TensorCheck]:
     """The float32 rows with AGREEMENT_RULE's inputs filled in: whether the framework's float64 stage
-    passed, and the tensor's largest distance to the other float32 frameworks (not for the eval
-    output)."""
+    passed, and the tensor's largest distance to the other float32 frameworks (``agree``, from
+    agreement_errors; not for the eval output)."""
     passed64 = {}
     for r in rows:
         if r.stage == "float64":
             passed64[r.framework] = passed64.get(r.framework, True) and r.ok
-    agree = agreement_errors(float32_observations, ref)
     out = []
     for r in rows:
         if r.stage == "float32" and r.framework in passed64:
@@ -910,7 +919,8 @@ def check_preset_in_subprocess(case: Case, frameworks: list[str], *, threads: in
     for c in result["checks"]:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
     return {**record, "status": "pass" if result["ok"] else "fail", "ok": bool(result["ok"]),
-            "summary": result["summary"], "statuses": statuses, "failed": failed[:20], "failed_count": len(failed)}
+            "summary": result["summary"], "statuses": statuses, "failed": failed[:20], "failed_count": len(failed),
+            "peak_memory_gib": result["peak_memory_gib"]}
 
 
 def summary_table(records: Mapping[str, dict], frameworks: list[str]) -> str:

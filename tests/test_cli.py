@@ -55,6 +55,7 @@ def test_check_json_passes_and_perturbed_weight_fails():
     assert report["ok"] and set(report["worst"]) == set(installed_frameworks())
     assert all(row["rel_error"] <= 1e-5 for row in report["checks"])
     assert {row["case"] for row in report["checks"]} == {"lambda", "lambda_conv"}
+    assert 0.1 < report["peak_memory_gib"] < 64  # a process that loaded a framework; KiB read as GiB
 
     bad = run("check", "lambda", "--frameworks", fws, "--perturb", "to_q.weight")
     assert bad.returncode == 1, bad.stdout + bad.stderr

@@ -95,7 +95,7 @@ def test_float32_agreement_passes_a_relu_flip_shared_by_every_framework():
     flipped = gradients(-3e-8)
     assert equivalence.relative_error(flipped["grad w"], ref["grad w"]) > 0.05  # order 1: no tolerance covers it
     observations = {fw: {t: a + 1e-9 * np.sign(a) * i for t, a in flipped.items()} for i, fw in enumerate(("torch", "tensorflow", "jax"))}
-    rows = equivalence.apply_agreement_rule(_rows(ref, observations), observations, ref)
+    rows = equivalence.apply_agreement_rule(_rows(ref, observations), equivalence.agreement_errors(observations, ref))
     flip_rows = [r for r in rows if r.stage == "float32" and r.tensor == "grad w"]
     assert {r.status for r in flip_rows} == {"float32-agreeing"} and all(r.ok for r in flip_rows)
     assert all(r.as_dict()["status"] == "float32-agreeing" for r in flip_rows)
@@ -108,14 +108,14 @@ def test_float32_agreement_does_not_excuse_a_perturbed_weight():
     gradients = _flip_case()
     ref = gradients(+1e-9)
     observations = {"torch": gradients(-3e-8), "tensorflow": gradients(-3e-8), "jax": gradients(-3e-8, w_delta=1e-3)}
-    rows = equivalence.apply_agreement_rule(_rows(ref, observations), observations, ref)
+    rows = equivalence.apply_agreement_rule(_rows(ref, observations), equivalence.agreement_errors(observations, ref))
     failed = {(r.framework, r.tensor) for r in rows if r.stage == "float32" and not r.ok}
     assert {(fw, "grad input") for fw in observations} <= failed
     honest = {"torch": gradients(-3e-8), "tensorflow": gradients(-3e-8)}
-    rows = equivalence.apply_agreement_rule(_rows(ref, honest, float64_ok=False), honest, ref)
+    rows = equivalence.apply_agreement_rule(_rows(ref, honest, float64_ok=False), equivalence.agreement_errors(honest, ref))
     assert not any(r.ok for r in rows if r.stage == "float32" and r.tensor == "grad w")
     alone = {"torch": gradients(-3e-8)}
-    rows = equivalence.apply_agreement_rule(_rows(ref, alone), alone, ref)
+    rows = equivalence.apply_agreement_rule(_rows(ref, alone), equivalence.agreement_errors(alone, ref))
     assert not any(r.ok for r in rows if r.stage == "float32" and r.tensor == "grad w")
 
 
