@@ -3,6 +3,8 @@ every option of the lambda layer and the attention layers; how the check decides
 rounding-limited and float32-agreeing routes) and that it can fail. The suite's models and the
 registered sample are in tests/test_equivalence_models.py."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,21 @@ def test_the_eval_output_is_never_excused_by_agreement():
     assert equivalence.TensorCheck("c", "f", "t", 0.5, 1e-3, "float32", None, 1e-4, True).status == "float32-agreeing"
     assert equivalence.TensorCheck("c", "f", "t", 0.5, 1e-3, "float32", None, 1e-4, False).status == "FAIL"
     assert equivalence.TensorCheck("c", "f", "t", 0.5, 1e-3, "float32", None, 1e-2, True).status == "FAIL"
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status; malloc_trim is glibc's")
+def test_release_memory_hands_freed_heap_back_to_the_system():
+    # 100 KB blocks come from the heap (below glibc's mmap threshold); the last one pins the heap's
+    # top, so the other blocks' pages stay resident when freed, as a finished model's buffers do
+    blocks = [np.ones(100_000 // 8) for _ in range(2000)]
+    keep = blocks[-1]
+    del blocks
+    before = _resident_mb()
+    equivalence.release_memory()
+    assert before - _resident_mb() > 100, f"resident {before:.0f} MB before the release, {_resident_mb():.0f} after"
+    assert keep.sum() == keep.size
