@@ -285,32 +285,38 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
     host = socket.gethostname()
     started = time.perf_counter()
     stopped = 0
-    done = 0
+    done, total = 0, len(todo)
 
-    def check(case):
-        return equivalence.check_preset_in_subprocess(case, frameworks, threads=threads, train_steps=args.train_steps)
+    def check(case, alone):
+        # alone, a preset has every core unless --threads says otherwise
+        return equivalence.check_preset_in_subprocess(case, frameworks, threads=args.threads if alone else threads,
+                                                      train_steps=args.train_steps)
 
     # --jobs N: N presets at once, each in its own process (threads here only wait on them); this
-    # thread alone appends to the file, in the order the presets finish
+    # thread alone appends to the file, in the order the presets finish. A preset the kernel killed
+    # (signal 9: out of memory) while others ran is checked again at the end, alone: two deep
+    # presets at once need more than 23 GB (resnet270 beside lambda_resnet270)
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        queue = list(todo)
+        queue = [(case, False) for case in todo]
         running: dict = {}
         while queue or running:
-            while queue and len(running) < jobs:
+            while queue and len(running) < jobs and not any(alone for _, _, alone in running.values()):
+                if queue[0][1] and running:
+                    break
                 if args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes:
                     stopped, queue = len(queue), []
                     break
-                case = queue.pop(0)
+                case, alone = queue.pop(0)
                 # the commit as the preset's process starts: a run that resumes for hours may see
                 # the checkout move on
-                running[pool.submit(check, case)] = (case, git_commit(ignore=[path]))
+                running[pool.submit(check, case, alone)] = (case, git_commit(ignore=[path]), alone)
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                case, commit = running.pop(future)
+                case, commit, alone = running.pop(future)
                 record = future.result()
                 record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 record.update(commit=commit, host=host)
@@ -318,9 +324,14 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
                     f.write(json.dumps(record) + "\n")
                 records[case.name] = record
                 done += 1
-                print(f"[{done}/{len(todo)}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s"
+                again = jobs > 1 and not alone and record.get("error", "").startswith("killed by signal 9")
+                if again:
+                    queue.append((case, True))
+                    total += 1
+                print(f"[{done}/{total}] {case.name}: {record['status']} ({record.get('seconds', 0):.0f} s"
                       + (f", {record['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in record else "") + ")"
-                      + (f" {record['error']}" if record.get("error") else ""), flush=True)
+                      + (f" {record['error']}" if record.get("error") else "")
+                      + ("; checked again at the end, alone" if again else ""), flush=True)
     ordered = {c.name: records[c.name] for c in cases if c.name in records}
     print()
     print(equivalence.summary_table(ordered, frameworks))

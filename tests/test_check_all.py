@@ -209,3 +209,34 @@ def test_recheck_checks_a_recorded_preset_again_and_keeps_the_old_line(tmp_path,
     assert equivalence.read_records(path)["lambda"]["status"] == "pass"
     assert cli.main(["check", "--all", "--frameworks", "torch", "--resume", str(path), "--summary"]) == 0
     assert "2 of 2 presets checked (2 pass, 0 fail" in capsys.readouterr().out
+
+
+def test_a_preset_killed_beside_others_is_checked_again_alone(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    path = tmp_path / "all.jsonl"
+    names = ["lambda", "sasa", "mhsa"]
+    monkeypatch.setattr(equivalence, "all_cases", lambda: [zoo.get(n) for n in names])
+    lock, active, calls = threading.Lock(), [0], []
+
+    def fake(case, frameworks, **options):
+        with lock:
+            active[0] += 1
+            beside = active[0] > 1
+            calls.append((case.name, beside, options["threads"]))
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        if case.name == "sasa" and beside:  # out of memory only when another preset runs too
+            return {**_record(case.name), "status": "error", "ok": False, "error": "killed by signal 9 (out of memory?)"}
+        return _record(case.name)
+
+    monkeypatch.setattr(equivalence, "check_preset_in_subprocess", fake)
+    monkeypatch.setattr("lambda_bench.runner.usable_cpus", lambda: 4)
+    assert cli.main(["check", "--all", "--frameworks", "torch", "--jobs", "2", "--resume", str(path)]) == 0
+    assert [c for c in calls if c[0] == "sasa"] == [("sasa", True, 2), ("sasa", False, None)]  # alone: every core
+    assert equivalence.read_records(path)["sasa"]["status"] == "pass"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["status"] for r in lines if r["preset"] == "sasa"] == ["error", "pass"]  # the kill is kept
+    assert "checked again at the end, alone" in capsys.readouterr().out
