@@ -295,7 +295,7 @@ def _check_all(args: argparse.Namespace, equivalence) -> int:
     # --jobs N: N presets at once, each in its own process (threads here only wait on them); this
     # thread alone appends to the file, in the order the presets finish. A preset the kernel killed
     # (signal 9: out of memory) while others ran is checked again at the end, alone: two deep
-    # presets at once need more than 23 GB (resnet270 beside lambda_resnet270)
+    # presets at once can need more than 23 GB (resnet270 and lambda_resnet270 peak at 13 GiB each)
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -529,8 +529,8 @@ def release_memory() -> None:
     """Collect the model just used and hand the C heap's free memory back to the system (glibc's
     malloc_trim; a no-op elsewhere). A check builds 15-25 models in one process; glibc keeps freed
     heap pages resident while a live block sits above them, so without this each framework's freed
-    buffers stayed resident for the rest of the check (resnet270 ran out of memory beside another
-    preset in `check --all --jobs 2`)."""
+    buffers stayed resident for the rest of the check
+    (tests/test_equivalence.py::test_release_memory_hands_freed_heap_back_to_the_system)."""
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
