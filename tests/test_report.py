@@ -253,6 +253,11 @@ def test_table3_shows_paper_and_ours_with_the_ratio(report):
     assert t3.loc["lambda_resnet50_u4", "ours_over_paper"] == pytest.approx(16.53188 / 16.0)
     text = report[1].read_text()
     assert "| lambda layer, \\|u\\|=4 | lambda_resnet50_u4 | 16.0 | 16,531,880 | 1.03× |" in text
+    # the count beyond the paper's rounding is explained term by term beside the table
+    section = text.split("### Table 3: parameters", 1)[1].split("### ", 1)[0]
+    assert "lambda layer, |u|=4 (lambda_resnet50_u4): ours is +0.532M from the paper's 16.0M" in section
+    for term in ("values +943,104", "keys +181,248", "embeddings +406,272", "BatchNorm +5,664"):
+        assert term in section
 
 
 def test_page_tables_are_small_with_units_and_settings_in_the_caption(report):
